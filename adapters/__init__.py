@@ -1,0 +1,12 @@
+"""Adapters for parameter-efficient fine-tuning of SpeechBrain models.
+
+Name the classes in YAML, e.g. ``adapter_class: !name:adapters.LoRA``, and
+wrap a model with ``!new:adapters.AdaptedModel``.
+"""
+
+from adapters.adapted_model import AdaptedModel
+from adapters.base import Adapter
+from adapters.lora import LoRA
+from adapters.state import base_fingerprint, read_adapter_metadata
+
+__all__ = ["Adapter", "AdaptedModel", "LoRA", "base_fingerprint", "read_adapter_metadata"]

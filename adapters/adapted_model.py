@@ -1,0 +1,329 @@
+"""Insert adapters into any torch model, selected by layer type or name pattern.
+
+``AdaptedModel`` takes the same keys as ``speechbrain.nnet.adapters.AdaptedModel``
+so existing YAML keeps working, and fixes its pitfalls: patterns that match no
+layer raise an error naming the closest layers, inserting twice is harmless,
+checkpoints hold only what was trained (adapters, unfrozen layers and their
+buffers such as BatchNorm statistics) and refuse to load onto another base.
+
+Authors
+ * speech-adapters contributors 2026
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import logging
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from fnmatch import fnmatch
+from typing import Any
+
+import torch
+from speechbrain.utils import checkpoints
+from torch import nn
+
+from adapters.base import CONV_TYPES, LINEAR_TYPES, Adapter
+from adapters.state import load_adapter_file, save_adapter_file
+
+logger = logging.getLogger(__name__)
+
+
+def _closest(pattern: str, names: Sequence[str], n: int = 5) -> list[str]:
+    """Return the layer names most similar to ``pattern`` (for error messages)."""
+    return difflib.get_close_matches(pattern, names, n=n, cutoff=0.0)
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch(name, p) for p in patterns)
+
+
+def _within(name: str, prefix: str) -> bool:
+    """Whether module ``name`` is ``prefix`` or lies inside it."""
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _check_patterns(kind: str, patterns: Sequence[str], names: Sequence[str]) -> None:
+    """Raise ``ValueError`` for every pattern that matches no layer name."""
+    for pattern in patterns:
+        if not any(fnmatch(n, pattern) for n in names):
+            raise ValueError(
+                f"{kind} pattern {pattern!r} matches no layer of the model. Closest layer "
+                f"names: {_closest(pattern, names)}. Patterns use fnmatch wildcards on the "
+                "names printed by `model.named_modules()`."
+            )
+
+
+@checkpoints.register_checkpoint_hooks
+class AdaptedModel(nn.Module):
+    """Wrap a model, freeze it, and replace selected layers by adapters.
+
+    Arguments
+    ---------
+    model_to_adapt : torch.nn.Module
+        The pretrained model. All its parameters are frozen except those of
+        ``unfrozen_layers``.
+    adapter_class : callable
+        Called as ``adapter_class(layer, **adapter_kwargs)`` for every
+        selected layer: an adapter of this library, of SpeechBrain, or a
+        user's own class.
+    all_linear : bool
+        Adapt every ``nn.Linear``.
+    all_conv : bool
+        Adapt every ``nn.Conv1d`` and ``nn.Conv2d``.
+    target_layers : list of str, optional
+        fnmatch patterns of module names to adapt.
+    unfrozen_layers : list of str, optional
+        fnmatch patterns of module names trained in full (never adapted).
+    adapter_kwargs : dict, optional
+        Keyword arguments for ``adapter_class``, e.g. ``{"rank": 8}``.
+    manual_adapter_insertion : bool
+        If True, call ``insert_adapters()`` yourself, e.g. after a
+        ``Pretrainer`` has loaded the base weights.
+
+    Example
+    -------
+    >>> from adapters import LoRA
+    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> model = AdaptedModel(net, LoRA, all_linear=True, unfrozen_layers=["2"],
+    ...                      adapter_kwargs={"rank": 2})
+    >>> model.adapted_layers
+    ['0']
+    >>> model.num_trainable_parameters()
+    50
+    >>> AdaptedModel(net, LoRA, target_layers=["1O"])
+    Traceback (most recent call last):
+        ...
+    ValueError: target_layers pattern '1O' matches no layer of the model. ...
+    """
+
+    def __init__(
+        self,
+        model_to_adapt: nn.Module,
+        adapter_class: Callable[..., nn.Module],
+        all_linear: bool = False,
+        all_conv: bool = False,
+        target_layers: Sequence[str] | None = None,
+        unfrozen_layers: Sequence[str] | None = None,
+        adapter_kwargs: dict[str, Any] | None = None,
+        manual_adapter_insertion: bool = False,
+    ) -> None:
+        super().__init__()
+        self.adapted_model = model_to_adapt
+        self.adapter_class = adapter_class
+        self.adapter_kwargs = dict(adapter_kwargs or {})
+        target_layers = list(target_layers or [])
+        unfrozen_layers = list(unfrozen_layers or [])
+        self._check_adapter_kwargs()
+
+        names = [name for name, _ in model_to_adapt.named_modules() if name]
+        _check_patterns("target_layers", target_layers, names)
+        _check_patterns("unfrozen_layers", unfrozen_layers, names)
+
+        for param in model_to_adapt.parameters():
+            param.requires_grad_(False)
+        self.unfrozen_layers: list[str] = []
+        for name, module in model_to_adapt.named_modules():
+            if name and _matches(name, unfrozen_layers):
+                self.unfrozen_layers.append(name)
+                for param in module.parameters():
+                    param.requires_grad_(True)
+
+        self.adapted_layers = self._select_layers(all_linear, all_conv, target_layers)
+        if not self.adapted_layers and (all_linear or all_conv or target_layers):
+            raise ValueError(
+                "No layer was selected for adaptation: the selected layers are all "
+                "unfrozen_layers or inside torch attention. Revise target_layers."
+            )
+        self.inserted = False
+        if not manual_adapter_insertion:
+            self.insert_adapters()
+
+    def _check_adapter_kwargs(self) -> None:
+        """Fail early, with the accepted names, on a misspelled adapter key."""
+        try:
+            params = inspect.signature(self.adapter_class).parameters
+        except (TypeError, ValueError):
+            return
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return
+        unknown = sorted(set(self.adapter_kwargs) - set(params))
+        if unknown:
+            accepted = list(params)[1:]  # the first argument is the wrapped layer
+            raise TypeError(
+                f"adapter_kwargs {unknown} are not accepted by "
+                f"{getattr(self.adapter_class, '__name__', self.adapter_class)}; "
+                f"accepted: {accepted}."
+            )
+
+    def _select_layers(
+        self, all_linear: bool, all_conv: bool, target_layers: Sequence[str]
+    ) -> list[str]:
+        """Names of the modules to wrap, outermost first, no module twice."""
+        selected: list[str] = []
+        for name, module in self.adapted_model.named_modules():
+            if not name or name in self.unfrozen_layers:
+                continue
+            wanted = (
+                (all_linear and isinstance(module, LINEAR_TYPES))
+                or (all_conv and isinstance(module, CONV_TYPES))
+                or _matches(name, target_layers)
+            )
+            if not wanted or any(name.startswith(s + ".") for s in selected):
+                continue
+            parent = self.adapted_model.get_submodule(name.rpartition(".")[0])
+            if isinstance(parent, nn.MultiheadAttention):
+                # torch MHA reads out_proj.weight directly in its fused kernel.
+                warnings.warn(f"Skipping {name}: inside torch.nn.MultiheadAttention.", stacklevel=3)
+                continue
+            selected.append(name)
+        return selected
+
+    def insert_adapters(self) -> None:
+        """Replace the selected layers by adapters; a second call does nothing."""
+        if self.inserted:
+            logger.info("Adapters are already inserted; insert_adapters() does nothing.")
+            return
+        for name in self.adapted_layers:
+            parent_name, _, child = name.rpartition(".")
+            parent = self.adapted_model.get_submodule(parent_name)
+            layer = getattr(parent, child)
+            adapter = self.adapter_class(layer, **self.adapter_kwargs)
+            for param in layer.parameters():  # user classes may forget this
+                param.requires_grad_(False)
+            setattr(parent, child, adapter)
+        self.inserted = True
+        logger.info(self.summary())
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the adapted model."""
+        return self.adapted_model(*args, **kwargs)
+
+    def __getattr__(self, item: str) -> Any:
+        """Give access to the attributes of the wrapped model."""
+        try:
+            return super().__getattr__(item)
+        except AttributeError:
+            return getattr(super().__getattr__("adapted_model"), item)
+
+    # ---------------------------------------------------------------- merging
+    def adapters(self) -> dict[str, nn.Module]:
+        """Return ``{layer name: adapter module}`` for the inserted adapters."""
+        if not self.inserted:
+            return {}
+        return {name: self.adapted_model.get_submodule(name) for name in self.adapted_layers}
+
+    def merge(self) -> None:
+        """Fold every mergeable adapter into its base weights."""
+        for name, adapter in self.adapters().items():
+            if not (isinstance(adapter, Adapter) and adapter.mergeable):
+                raise TypeError(f"Adapter at {name} ({type(adapter).__name__}) cannot be merged.")
+            adapter.merge()
+
+    def unmerge(self) -> None:
+        """Undo ``merge`` exactly."""
+        for adapter in self.adapters().values():
+            adapter.unmerge()
+
+    # ------------------------------------------------------------- statistics
+    def num_trainable_parameters(self) -> int:
+        """Number of parameters that receive gradients."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def num_parameters(self) -> int:
+        """Number of parameters, adapters included."""
+        return sum(p.numel() for p in self.parameters())
+
+    def summary(self) -> str:
+        """A short human-readable account of what is adapted and trained."""
+        trainable, total = self.num_trainable_parameters(), self.num_parameters()
+        cls = getattr(self.adapter_class, "__name__", str(self.adapter_class))
+        return (
+            f"{cls} on {len(self.adapted_layers)} layers, {len(self.unfrozen_layers)} unfrozen "
+            f"layers; trainable parameters {trainable:,} of {total:,} "
+            f"({100.0 * trainable / max(total, 1):.2f}%)"
+        )
+
+    # ----------------------------------------------------------- checkpoints
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """What was trained: the trainable parameters, the buffers of adapters
+        and unfrozen layers, and the running statistics of every BatchNorm
+        (they move in training mode even when the layer is frozen).
+
+        Keys are those of ``model_to_adapt.state_dict()`` after insertion.
+
+        Example
+        -------
+        >>> from adapters import LoRA
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+        >>> sorted(AdaptedModel(net, LoRA, all_linear=True, adapter_kwargs={"rank": 1})
+        ...        .adapter_state_dict())  # doctest: +NORMALIZE_WHITESPACE
+        ['0.lora_A', '0.lora_B', '1.num_batches_tracked', '1.running_mean', '1.running_var']
+        """
+        adapted = [(name, f"{name}.base_layer") for name in self.adapters()]
+        norms = {
+            name
+            for name, module in self.adapted_model.named_modules()
+            if isinstance(module, nn.modules.batchnorm._NormBase)
+        }
+
+        def trained_buffer(owner: str) -> bool:
+            return (
+                owner in norms
+                or any(_within(owner, u) for u in self.unfrozen_layers)
+                or any(_within(owner, a) and not _within(owner, b) for a, b in adapted)
+            )
+
+        state = {}
+        for key, value in self.adapted_model.state_dict(keep_vars=True).items():
+            if isinstance(value, nn.Parameter):
+                keep = value.requires_grad
+            else:
+                keep = trained_buffer(key.rpartition(".")[0])
+            if keep:
+                state[key] = value.detach()
+        return state
+
+    def base_state(self) -> dict[str, torch.Tensor]:
+        """The frozen pretrained tensors, under their names in the plain model."""
+        state = {}
+        for key, value in self.adapted_model.state_dict(keep_vars=True).items():
+            if isinstance(value, nn.Parameter) and not value.requires_grad:
+                state[key.replace("base_layer.", "")] = value.detach()
+        for name, adapter in self.adapters().items():
+            if getattr(adapter, "merged", False):
+                state[f"{name}.weight"] = adapter._unmerged_weight
+        return state
+
+    def save_adapter(self, path: str) -> None:
+        """Write the adapter-only state to ``path`` (safetensors + JSON metadata)."""
+        meta = {
+            "adapter_class": getattr(self.adapter_class, "__qualname__", str(self.adapter_class)),
+            "adapter_module": getattr(self.adapter_class, "__module__", ""),
+            "adapter_kwargs": self.adapter_kwargs,
+            "adapted_layers": self.adapted_layers,
+            "unfrozen_layers": self.unfrozen_layers,
+        }
+        save_adapter_file(path, self.adapter_state_dict(), meta, self.base_state())
+
+    def load_adapter(self, path: str) -> None:
+        """Load a file written by ``save_adapter``; refuses another base model."""
+        if not self.inserted:
+            self.insert_adapters()
+        expected = self.adapter_state_dict()
+        tensors = load_adapter_file(path, self.base_state(), expected)
+        self.adapted_model.load_state_dict(tensors, strict=False)
+
+    @checkpoints.mark_as_saver
+    def _save(self, path: str) -> None:
+        self.save_adapter(path)
+
+    @checkpoints.mark_as_loader
+    def _load(self, path: str, end_of_epoch: bool) -> None:
+        del end_of_epoch
+        self.load_adapter(path)
+
+    @checkpoints.mark_as_transfer
+    def _transfer(self, path: str) -> None:
+        self.load_adapter(path)

@@ -1,0 +1,90 @@
+"""The contract every adapter of this library follows.
+
+An adapter wraps one pretrained layer (``base_layer``), freezes it, and adds a
+small trainable branch. Adapters whose update is a change of the base weight
+(LoRA and its relatives) can fold that change into the base (``merge``) and
+take it out again (``unmerge``) without loss.
+
+Authors
+ * speech-adapters contributors 2026
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+#: Layer types whose ``weight`` adapters of this library know how to update.
+LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear,)
+CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d)
+
+
+def _accept_plain_keys(module: "Adapter", state_dict: dict, prefix: str, *args: object) -> None:
+    """Let a checkpoint of the plain model load into the adapted one.
+
+    ``layer.weight`` of a pretrained checkpoint becomes
+    ``layer.base_layer.weight`` once ``layer`` is wrapped by an adapter.
+    """
+    for local in module.base_layer.state_dict():
+        if prefix + local in state_dict:
+            state_dict.setdefault(f"{prefix}base_layer.{local}", state_dict.pop(prefix + local))
+
+
+class Adapter(nn.Module):
+    """Base class: holds and freezes the wrapped layer, tracks merging.
+
+    Subclasses implement ``forward`` and, when mergeable, ``delta_weight``.
+
+    Arguments
+    ---------
+    base_layer : torch.nn.Module
+        The pretrained layer to wrap. Its parameters are frozen here, so an
+        adapter is safe to use outside ``AdaptedModel`` too.
+
+    Example
+    -------
+    >>> class Scale(Adapter):
+    ...     def forward(self, x):
+    ...         return 2 * self.base_layer(x)
+    >>> layer = Scale(torch.nn.Linear(4, 4))
+    >>> layer.base_layer.weight.requires_grad
+    False
+    """
+
+    #: Whether ``delta_weight`` is implemented (the update is linear in W).
+    mergeable: bool = False
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        for param in base_layer.parameters():
+            param.requires_grad_(False)
+        self.merged = False
+        self._register_load_state_dict_pre_hook(_accept_plain_keys, with_module=True)
+
+    def delta_weight(self) -> torch.Tensor:
+        """Return the change this adapter makes to ``base_layer.weight``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be merged into its base layer.")
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the adapter into the base weight; forward then skips the branch."""
+        if self.merged:
+            return
+        weight = self.base_layer.weight
+        # Keep an exact copy so that unmerge restores the base bit for bit.
+        self.register_buffer("_unmerged_weight", weight.detach().clone(), persistent=False)
+        weight.add_(self.delta_weight().to(weight.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore the exact base weight saved by ``merge``."""
+        if not self.merged:
+            return
+        self.base_layer.weight.copy_(self._unmerged_weight)
+        del self._unmerged_weight
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return "merged=True" if self.merged else ""

@@ -1,0 +1,141 @@
+"""LoRA: low-rank adaptation of Linear and convolution layers.
+
+Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", 2021,
+https://arxiv.org/abs/2106.09685. The frozen weight ``W`` is used as
+``W + s * B @ A`` with ``A`` of shape ``[rank, in]``, ``B`` of shape
+``[out, rank]`` initialised to zero (so the layer is unchanged at insertion)
+and the scale ``s = alpha / rank`` (or ``alpha / sqrt(rank)`` with rsLoRA,
+Kalajdzievski 2023, https://arxiv.org/abs/2312.03732).
+
+Unlike ``speechbrain.nnet.adapters.LoRA`` (whose default scale is
+``1 / rank``), ``alpha`` defaults to ``rank``: the scale is 1 whatever the
+rank, so changing ``--rank`` on the command line does not silently change the
+effective learning rate of the adapter.
+
+Authors
+ * speech-adapters contributors 2026
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adapters.base import CONV_TYPES, LINEAR_TYPES, Adapter
+
+_INITS = ("kaiming", "gaussian")
+
+
+class LoRA(Adapter):
+    """Low-rank update of a Linear, Conv1d or Conv2d layer.
+
+    Arguments
+    ---------
+    target_module : torch.nn.Module
+        The pretrained ``nn.Linear``, ``nn.Conv1d`` or ``nn.Conv2d``
+        (``groups=1``). It is frozen.
+    rank : int
+        Rank of the update, between 1 and ``min(in, out)``.
+    alpha : float, optional
+        Scale numerator; defaults to ``rank`` (scale 1).
+    dropout : float
+        Dropout applied to the input of the low-rank branch.
+    use_rslora : bool
+        Scale by ``alpha / sqrt(rank)`` instead of ``alpha / rank``.
+    init : str
+        Initialisation of ``A``: ``"kaiming"`` (uniform, as in the paper's
+        reference code) or ``"gaussian"`` (normal with std ``1 / rank``).
+        ``B`` always starts at zero.
+
+    Example
+    -------
+    >>> base = torch.nn.Linear(16, 32)
+    >>> lora = LoRA(base, rank=4)
+    >>> x = torch.randn(2, 5, 16)
+    >>> torch.equal(lora(x), base(x))  # identity at insertion
+    True
+    >>> lora.lora_A.shape, lora.lora_B.shape
+    (torch.Size([4, 16]), torch.Size([32, 4]))
+    >>> conv = LoRA(torch.nn.Conv1d(8, 8, kernel_size=3, padding=1), rank=2)
+    >>> conv(torch.randn(1, 8, 20)).shape
+    torch.Size([1, 8, 20])
+    """
+
+    mergeable = True
+
+    def __init__(
+        self,
+        target_module: nn.Module,
+        rank: int = 8,
+        alpha: float | None = None,
+        dropout: float = 0.0,
+        use_rslora: bool = False,
+        init: str = "kaiming",
+    ) -> None:
+        super().__init__(target_module)
+        if not isinstance(target_module, LINEAR_TYPES + CONV_TYPES):
+            raise TypeError(
+                f"LoRA adapts nn.Linear, nn.Conv1d and nn.Conv2d, not "
+                f"{type(target_module).__name__}; choose other target_layers."
+            )
+        if isinstance(target_module, CONV_TYPES) and target_module.groups != 1:
+            raise ValueError(
+                f"LoRA does not support grouped convolutions (groups={target_module.groups}); "
+                "exclude this layer from target_layers."
+            )
+        if init not in _INITS:
+            raise ValueError(f"Unknown LoRA init {init!r}; use one of {_INITS}.")
+        weight = target_module.weight
+        out_features, in_features = weight.shape[0], weight.shape[1]
+        if not isinstance(rank, int) or not 1 <= rank <= min(in_features, out_features):
+            raise ValueError(
+                f"LoRA rank must be an integer in [1, {min(in_features, out_features)}] for "
+                f"this {tuple(weight.shape)} weight, got {rank!r}; lower the rank."
+            )
+        self.rank = rank
+        self.alpha = float(rank if alpha is None else alpha)
+        self.scaling = self.alpha / (math.sqrt(rank) if use_rslora else rank)
+        self.use_rslora = use_rslora
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+        kernel = tuple(weight.shape[2:])  # () for Linear
+        factory = {"device": weight.device, "dtype": weight.dtype}
+        self.lora_A = nn.Parameter(torch.empty(rank, in_features, *kernel, **factory))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank, *(1,) * len(kernel), **factory))
+        if init == "kaiming":
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        else:
+            nn.init.normal_(self.lora_A, std=1.0 / rank)
+
+    def delta_weight(self) -> torch.Tensor:
+        """Return ``s * B @ A`` in the shape of the base weight.
+
+        Example
+        -------
+        >>> lora = LoRA(torch.nn.Conv2d(3, 6, kernel_size=3), rank=2)
+        >>> lora.delta_weight().shape
+        torch.Size([6, 3, 3, 3])
+        """
+        b = self.lora_B.flatten(1)
+        return self.scaling * torch.einsum("or,ri...->oi...", b, self.lora_A)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Base output plus the scaled low-rank branch."""
+        out = self.base_layer(x)
+        if self.merged:
+            return out
+        h = self.dropout(x)
+        if isinstance(self.base_layer, LINEAR_TYPES):
+            update = F.linear(F.linear(h, self.lora_A), self.lora_B)
+        else:
+            conv = F.conv1d if isinstance(self.base_layer, nn.Conv1d) else F.conv2d
+            # A shares the base geometry (stride, padding, dilation); B is pointwise.
+            update = conv(self.base_layer._conv_forward(h, self.lora_A, None), self.lora_B)
+        return out + self.scaling * update
+
+    def extra_repr(self) -> str:
+        text = f"rank={self.rank}, alpha={self.alpha:g}, scaling={self.scaling:g}"
+        return f"{text}, merged=True" if self.merged else text
