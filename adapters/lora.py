@@ -93,7 +93,7 @@ class LoRA(Adapter):
         if not isinstance(rank, int) or not 1 <= rank <= min(in_features, out_features):
             raise ValueError(
                 f"LoRA rank must be an integer in [1, {min(in_features, out_features)}] for "
-                f"this {tuple(weight.shape)} weight, got {rank!r}; lower the rank."
+                f"this {tuple(weight.shape)} weight, got {rank!r}; lower the rank or leave this layer out of the adapted layers."
             )
         self.rank = rank
         self.alpha = float(rank if alpha is None else alpha)

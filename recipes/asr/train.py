@@ -194,6 +194,7 @@ def count_parameters(model):
 
 def main():
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file) as handle:
         hparams = load_hyperpyyaml(handle, overrides)
     sb.create_experiment_directory(

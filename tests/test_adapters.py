@@ -1,0 +1,205 @@
+"""Behaviour of the adapter library: insertion, training, merging, checkpoints."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hyperpyyaml import load_hyperpyyaml
+from torch import nn
+
+from adapters import AdaptedModel, LoRA, read_adapter_metadata
+
+
+def make_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv1d(4, 8, kernel_size=3, padding=1),
+        nn.BatchNorm1d(8),
+        nn.ReLU(),
+        nn.Conv1d(8, 8, kernel_size=1),
+        nn.Flatten(1),
+        nn.Linear(8 * 10, 16),
+        nn.ReLU(),
+        nn.Linear(16, 3),
+    )
+
+
+def randomise(adapted: AdaptedModel) -> None:
+    """Give every adapter a non-zero update (B starts at zero)."""
+    with torch.no_grad():
+        for adapter in adapted.adapters().values():
+            adapter.lora_B.normal_()
+
+
+LAYERS = {
+    "linear": (lambda: nn.Linear(12, 7), (5, 3, 12)),
+    "conv1d": (lambda: nn.Conv1d(4, 6, kernel_size=3, stride=2, padding=1), (2, 4, 15)),
+    "conv2d": (lambda: nn.Conv2d(3, 5, kernel_size=3, padding=1), (2, 3, 6, 6)),
+}
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+@pytest.mark.parametrize("use_rslora", [False, True])
+def test_lora_is_identity_at_insertion_and_merges_exactly(kind, use_rslora):
+    make_layer, shape = LAYERS[kind]
+    torch.manual_seed(0)
+    base = make_layer()
+    reference = copy.deepcopy(base)
+    lora = LoRA(base, rank=2, alpha=4, use_rslora=use_rslora)
+    x = torch.randn(*shape)
+    assert torch.equal(lora(x), reference(x))
+
+    with torch.no_grad():
+        lora.lora_B.normal_()
+    unmerged = lora(x)
+    assert not torch.allclose(unmerged, reference(x), atol=1e-4)
+    lora.merge()
+    assert torch.allclose(lora(x), unmerged, atol=1e-5)
+    lora.unmerge()
+    assert torch.equal(lora.base_layer.weight, reference.weight)  # bit for bit
+    assert torch.equal(lora(x), unmerged)
+
+
+def test_scaling_follows_alpha_and_rslora():
+    assert LoRA(nn.Linear(16, 16), rank=4).scaling == 1.0
+    assert LoRA(nn.Linear(16, 16), rank=4, alpha=8).scaling == 2.0
+    assert LoRA(nn.Linear(16, 16), rank=4, alpha=8, use_rslora=True).scaling == 4.0
+
+
+@pytest.mark.parametrize("rank", [0, 9, 2.5])
+def test_rank_that_does_not_fit_is_refused(rank):
+    with pytest.raises(ValueError, match="rank"):
+        LoRA(nn.Linear(8, 16), rank=rank)
+
+
+def test_unsupported_layers_are_refused():
+    with pytest.raises(TypeError, match="LoRA adapts"):
+        LoRA(nn.LSTM(4, 4), rank=1)
+    with pytest.raises(ValueError, match="grouped"):
+        LoRA(nn.Conv1d(4, 4, 3, groups=4), rank=1)
+
+
+def test_only_adapters_and_unfrozen_layers_train():
+    net = make_net()
+    base = copy.deepcopy(net.state_dict())
+    model = AdaptedModel(
+        net, LoRA, all_linear=True, all_conv=True, unfrozen_layers=["7"],
+        adapter_kwargs={"rank": 2},
+    )
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {
+        "adapted_model.0.lora_A", "adapted_model.0.lora_B", "adapted_model.3.lora_A",
+        "adapted_model.3.lora_B", "adapted_model.5.lora_A", "adapted_model.5.lora_B",
+        "adapted_model.7.weight", "adapted_model.7.bias",
+    }
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.randn(4, 4, 10)).pow(2).mean().backward()
+        optimizer.step()
+    after = {k.replace("base_layer.", ""): v for k, v in net.state_dict().items()}
+    for key, value in base.items():
+        frozen = key.startswith(("0.", "3.", "5.")) and key.endswith(("weight", "bias"))
+        if frozen:
+            assert torch.equal(after[key], value), key
+    assert not torch.equal(after["7.weight"], base["7.weight"])
+    assert not torch.equal(after["1.running_mean"], base["1.running_mean"])
+
+
+def test_patterns_that_match_nothing_name_the_closest_layers():
+    with pytest.raises(ValueError, match=r"'encoder\.\*' matches no layer.*Closest"):
+        AdaptedModel(make_net(), LoRA, target_layers=["encoder.*"])
+    with pytest.raises(ValueError, match="unfrozen_layers pattern 'head'"):
+        AdaptedModel(make_net(), LoRA, all_linear=True, unfrozen_layers=["head"])
+
+
+def test_misspelled_adapter_kwarg_is_named():
+    with pytest.raises(TypeError, match=r"\['rnak'\].*accepted: \['rank'"):
+        AdaptedModel(make_net(), LoRA, all_linear=True, adapter_kwargs={"rnak": 4})
+
+
+def test_second_insertion_is_harmless_and_plain_checkpoint_still_loads():
+    net = make_net()
+    plain = {k: v + 1 for k, v in make_net(1).state_dict().items()}
+    model = AdaptedModel(net, LoRA, all_linear=True, manual_adapter_insertion=True,
+                         adapter_kwargs={"rank": 2})
+    model.insert_adapters()
+    model.insert_adapters()
+    assert isinstance(net[5], LoRA) and isinstance(net[5].base_layer, nn.Linear)
+    result = net.load_state_dict(plain, strict=False)
+    assert result.unexpected_keys == []
+    assert sorted(result.missing_keys) == ["5.lora_A", "5.lora_B", "7.lora_A", "7.lora_B"]
+    assert torch.equal(net[5].base_layer.weight, plain["5.weight"])
+
+
+def test_adapter_file_round_trip_and_refusal(tmp_path):
+    model = AdaptedModel(make_net(), LoRA, all_linear=True, all_conv=True,
+                         adapter_kwargs={"rank": 2})
+    randomise(model)
+    model.train()
+    model(torch.randn(8, 4, 10))  # moves BatchNorm statistics
+    model.eval()
+    x = torch.randn(2, 4, 10)
+    expected = model(x)
+    path = tmp_path / "adapter.safetensors"
+    model.save_adapter(str(path))
+
+    meta = read_adapter_metadata(path)
+    assert meta["adapter_class"] == "LoRA" and meta["adapter_kwargs"] == {"rank": 2}
+    assert meta["adapted_layers"] == ["0", "3", "5", "7"]
+    base_bytes = sum(p.numel() * 4 for p in make_net().parameters())
+    assert path.stat().st_size < base_bytes
+
+    fresh = AdaptedModel(make_net(), LoRA, all_linear=True, all_conv=True,
+                         adapter_kwargs={"rank": 2}).eval()
+    assert not torch.allclose(fresh(x), expected)
+    fresh.load_adapter(str(path))
+    assert torch.equal(fresh(x), expected)  # BatchNorm statistics travelled too
+
+    other = AdaptedModel(make_net(seed=3), LoRA, all_linear=True, all_conv=True,
+                         adapter_kwargs={"rank": 2})
+    with pytest.raises(ValueError, match="other weights"):
+        other.load_adapter(str(path))
+    wrong_rank = AdaptedModel(make_net(), LoRA, all_linear=True, all_conv=True,
+                              adapter_kwargs={"rank": 3})
+    with pytest.raises(ValueError, match="wrong shape"):
+        wrong_rank.load_adapter(str(path))
+    bigger = nn.Sequential(*make_net(), nn.Linear(3, 3))
+    with pytest.raises(ValueError, match="another base model"):
+        AdaptedModel(bigger, LoRA, all_linear=True, all_conv=True,
+                     adapter_kwargs={"rank": 2}).load_adapter(str(path))
+
+
+def test_merged_model_saves_the_same_adapter(tmp_path):
+    model = AdaptedModel(make_net(), LoRA, all_linear=True, adapter_kwargs={"rank": 2}).eval()
+    randomise(model)
+    x = torch.randn(2, 4, 10)
+    expected = model(x)
+    model.merge()
+    assert torch.allclose(model(x), expected, atol=1e-5)
+    model.save_adapter(str(tmp_path / "a.safetensors"))  # fingerprint of the unmerged base
+    model.unmerge()
+    fresh = AdaptedModel(make_net(), LoRA, all_linear=True, adapter_kwargs={"rank": 2}).eval()
+    fresh.load_adapter(str(tmp_path / "a.safetensors"))
+    assert torch.equal(fresh(x), expected)
+
+
+def test_yaml_declaration_with_cli_style_rank_override():
+    yaml = """
+rank: 8
+model: !new:torch.nn.Sequential
+    - !new:torch.nn.Linear [16, 32]
+    - !new:torch.nn.Linear [32, 4]
+adapted: !new:adapters.AdaptedModel
+    model_to_adapt: !ref <model>
+    adapter_class: !name:adapters.LoRA
+    target_layers: ["0"]
+    adapter_kwargs:
+        rank: !ref <rank>
+"""
+    assert load_hyperpyyaml(yaml)["adapted"].adapted_model[0].lora_A.shape == (8, 16)
+    hparams = load_hyperpyyaml(yaml, {"rank": 4})
+    assert hparams["adapted"].adapted_model[0].lora_A.shape == (4, 16)
+    assert not isinstance(hparams["adapted"].adapted_model[1], LoRA)
