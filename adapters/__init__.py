@@ -9,4 +9,4 @@ from adapters.base import Adapter
 from adapters.lora import LoRA
 from adapters.state import base_fingerprint, read_adapter_metadata
 
-__all__ = ["Adapter", "AdaptedModel", "LoRA", "base_fingerprint", "read_adapter_metadata"]
+__all__ = ["AdaptedModel", "Adapter", "LoRA", "base_fingerprint", "read_adapter_metadata"]

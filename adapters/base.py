@@ -19,7 +19,7 @@ LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear,)
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d)
 
 
-def _accept_plain_keys(module: "Adapter", state_dict: dict, prefix: str, *args: object) -> None:
+def _accept_plain_keys(module: Adapter, state_dict: dict, prefix: str, *args: object) -> None:
     """Let a checkpoint of the plain model load into the adapted one.
 
     ``layer.weight`` of a pretrained checkpoint becomes

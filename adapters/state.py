@@ -130,7 +130,7 @@ def load_adapter_file(
             "before loading the adapter."
         )
     with safe_open(os.fspath(path), framework="pt") as handle:
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is no dict)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     wrong = sorted(k for k in tensors if k in expected and tensors[k].shape != expected[k].shape)

@@ -85,14 +85,23 @@ def test_only_adapters_and_unfrozen_layers_train():
     net = make_net()
     base = copy.deepcopy(net.state_dict())
     model = AdaptedModel(
-        net, LoRA, all_linear=True, all_conv=True, unfrozen_layers=["7"],
+        net,
+        LoRA,
+        all_linear=True,
+        all_conv=True,
+        unfrozen_layers=["7"],
         adapter_kwargs={"rank": 2},
     )
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {
-        "adapted_model.0.lora_A", "adapted_model.0.lora_B", "adapted_model.3.lora_A",
-        "adapted_model.3.lora_B", "adapted_model.5.lora_A", "adapted_model.5.lora_B",
-        "adapted_model.7.weight", "adapted_model.7.bias",
+        "adapted_model.0.lora_A",
+        "adapted_model.0.lora_B",
+        "adapted_model.3.lora_A",
+        "adapted_model.3.lora_B",
+        "adapted_model.5.lora_A",
+        "adapted_model.5.lora_B",
+        "adapted_model.7.weight",
+        "adapted_model.7.bias",
     }
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     for _ in range(3):
@@ -123,8 +132,9 @@ def test_misspelled_adapter_kwarg_is_named():
 def test_second_insertion_is_harmless_and_plain_checkpoint_still_loads():
     net = make_net()
     plain = {k: v + 1 for k, v in make_net(1).state_dict().items()}
-    model = AdaptedModel(net, LoRA, all_linear=True, manual_adapter_insertion=True,
-                         adapter_kwargs={"rank": 2})
+    model = AdaptedModel(
+        net, LoRA, all_linear=True, manual_adapter_insertion=True, adapter_kwargs={"rank": 2}
+    )
     model.insert_adapters()
     model.insert_adapters()
     assert isinstance(net[5], LoRA) and isinstance(net[5].base_layer, nn.Linear)
@@ -135,8 +145,9 @@ def test_second_insertion_is_harmless_and_plain_checkpoint_still_loads():
 
 
 def test_adapter_file_round_trip_and_refusal(tmp_path):
-    model = AdaptedModel(make_net(), LoRA, all_linear=True, all_conv=True,
-                         adapter_kwargs={"rank": 2})
+    model = AdaptedModel(
+        make_net(), LoRA, all_linear=True, all_conv=True, adapter_kwargs={"rank": 2}
+    )
     randomise(model)
     model.train()
     model(torch.randn(8, 4, 10))  # moves BatchNorm statistics
@@ -152,24 +163,28 @@ def test_adapter_file_round_trip_and_refusal(tmp_path):
     base_bytes = sum(p.numel() * 4 for p in make_net().parameters())
     assert path.stat().st_size < base_bytes
 
-    fresh = AdaptedModel(make_net(), LoRA, all_linear=True, all_conv=True,
-                         adapter_kwargs={"rank": 2}).eval()
+    fresh = AdaptedModel(
+        make_net(), LoRA, all_linear=True, all_conv=True, adapter_kwargs={"rank": 2}
+    ).eval()
     assert not torch.allclose(fresh(x), expected)
     fresh.load_adapter(str(path))
     assert torch.equal(fresh(x), expected)  # BatchNorm statistics travelled too
 
-    other = AdaptedModel(make_net(seed=3), LoRA, all_linear=True, all_conv=True,
-                         adapter_kwargs={"rank": 2})
+    other = AdaptedModel(
+        make_net(seed=3), LoRA, all_linear=True, all_conv=True, adapter_kwargs={"rank": 2}
+    )
     with pytest.raises(ValueError, match="other weights"):
         other.load_adapter(str(path))
-    wrong_rank = AdaptedModel(make_net(), LoRA, all_linear=True, all_conv=True,
-                              adapter_kwargs={"rank": 3})
+    wrong_rank = AdaptedModel(
+        make_net(), LoRA, all_linear=True, all_conv=True, adapter_kwargs={"rank": 3}
+    )
     with pytest.raises(ValueError, match="wrong shape"):
         wrong_rank.load_adapter(str(path))
     bigger = nn.Sequential(*make_net(), nn.Linear(3, 3))
     with pytest.raises(ValueError, match="another base model"):
-        AdaptedModel(bigger, LoRA, all_linear=True, all_conv=True,
-                     adapter_kwargs={"rank": 2}).load_adapter(str(path))
+        AdaptedModel(
+            bigger, LoRA, all_linear=True, all_conv=True, adapter_kwargs={"rank": 2}
+        ).load_adapter(str(path))
 
 
 def test_merged_model_saves_the_same_adapter(tmp_path):

@@ -33,8 +33,10 @@ def format_table(summaries: list[dict]) -> str:
     | lora | 1,000 (1.00%) | 12 | 50.0 / 20.0 | 30.0 / 10.0 | - / - | 5.0 / 2.0 |
     """
     lines = [
-        "| method | trainable params | train time (s) | target WER/CER before | "
-        "target WER/CER after | source WER/CER before | source WER/CER after |",
+        (
+            "| method | trainable params | train time (s) | target WER/CER before | "
+            "target WER/CER after | source WER/CER before | source WER/CER after |"
+        ),
         "|---|---|---|---|---|---|---|",
     ]
     for s in summaries:

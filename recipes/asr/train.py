@@ -34,7 +34,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repository root
 
-from recipes.common import check_manifest, write_json  # noqa: E402
+from recipes.common import check_manifest, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +64,9 @@ class ASR(sb.Brain):
             words = ["".join(self.label_encoder.decode_ndim(h)).split() for h in hyps]
             refs = [w.split() for w in batch.wrd]
             self.wer_metric.append(batch.id, words, refs)
-            self.cer_metric.append(batch.id, [list(" ".join(w)) for w in words],
-                                   [list(" ".join(r)) for r in refs])
+            self.cer_metric.append(
+                batch.id, [list(" ".join(w)) for w in words], [list(" ".join(r)) for r in refs]
+            )
         return loss
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
