@@ -1,0 +1,140 @@
+"""End to end: tiny corpus -> pretrain -> LoRA / full fine-tuning, also under torchrun."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from adapters import read_adapter_metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "recipes" / "asr" / "train.py"
+# A small model and one epoch on the tiny corpus: seconds, not minutes.
+TINY = [
+    "--corpus_size=tiny",
+    "--number_of_epochs=1",
+    "--batch_size=4",
+    "--num_workers=0",
+    "--d_model=64",
+    "--nhead=2",
+    "--num_encoder_layers=2",
+    "--d_ffn=256",
+]
+
+
+def run(*args: str, cwd: Path = ROOT, launcher: tuple[str, ...] = (sys.executable,)) -> str:
+    """Run a recipe command, failing the test with its output if it fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        [*launcher, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result.stdout + result.stderr
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Pretrain once, then adapt with LoRA (rank 4) and fine-tune in full."""
+    tmp = tmp_path_factory.mktemp("asr")
+    data = [f"--data_folder={tmp / 'corpus'}"]
+    run(str(TRAIN), "hparams/pretrain_asr.yaml", *data, *TINY, f"--output_folder={tmp / 'pre'}")
+    base = tmp / "pre" / "base_model.ckpt"
+    base_hash = sha256(base)
+    common = [*data, *TINY, f"--base_checkpoint={base}"]
+    run(str(TRAIN), "hparams/lora_asr.yaml", *common, "--rank=4", f"--output_folder={tmp / 'lora'}")
+    run(str(TRAIN), "hparams/full_asr.yaml", *common, f"--output_folder={tmp / 'full'}")
+    return {"tmp": tmp, "base": base, "base_hash": base_hash}
+
+
+def test_pretraining_exports_a_base_and_a_summary(runs):
+    summary = json.loads((runs["tmp"] / "pre" / "summary.json").read_text())
+    assert summary["method"] == "pretrain" and summary["trainable_pct"] == 100.0
+    assert 0.0 <= summary["after"]["source"]["CER"] <= 100.0
+    state = torch.load(runs["base"], weights_only=True)
+    assert any(key.startswith("encoder.") for key in state)
+
+
+def test_lora_summary_has_before_and_after_on_target_and_source(runs):
+    summary = json.loads((runs["tmp"] / "lora" / "summary.json").read_text())
+    assert summary["method"] == "lora"
+    assert 0 < summary["trainable_pct"] < 15
+    for when in ("before", "after"):
+        for domain in ("target", "source"):
+            assert set(summary[when][domain]) == {"WER", "CER"}
+    assert summary["train_time_s"] > 0
+    # per-utterance reports of both test sets, with their own utterances
+    target = (runs["tmp"] / "lora" / "wer_target.txt").read_text()
+    source = (runs["tmp"] / "lora" / "wer_source.txt").read_text()
+    assert "noisy-test-" in target and "source-test-" in source
+
+
+def test_lora_checkpoint_holds_only_what_was_trained(runs):
+    lora = runs["tmp"] / "lora"
+    adapter = lora / "adapter.safetensors"
+    with safe_open(str(adapter), framework="pt") as handle:
+        keys = set(handle.keys())
+        shapes = {key: handle.get_slice(key).get_shape() for key in keys}
+    assert keys and all(".lora_" in k or k.startswith("head.") for k in keys), sorted(keys)
+    assert {shape[0] for key, shape in shapes.items() if key.endswith("lora_A")} == {4}
+    assert read_adapter_metadata(adapter)["adapter_kwargs"]["rank"] == 4
+    assert adapter.stat().st_size < 0.15 * runs["base"].stat().st_size
+    # the Checkpointer's recoverable is the same adapter-only file
+    (ckpt,) = lora.glob("save/CKPT+*/model.ckpt")
+    assert ckpt.stat().st_size == adapter.stat().st_size
+    # the pretrained base on disk is untouched
+    assert sha256(runs["base"]) == runs["base_hash"]
+
+
+def test_full_finetuning_trains_everything(runs):
+    summary = json.loads((runs["tmp"] / "full" / "summary.json").read_text())
+    lora = json.loads((runs["tmp"] / "lora" / "summary.json").read_text())
+    assert summary["trainable_pct"] == 100.0
+    assert summary["before"] == lora["before"]  # same base, same test sets
+
+
+def test_missing_base_checkpoint_says_what_to_run(runs, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(TRAIN), "hparams/lora_asr.yaml", *TINY,
+         f"--data_folder={runs['tmp'] / 'corpus'}", f"--output_folder={tmp_path / 'x'}",
+         f"--base_checkpoint={tmp_path / 'nope.ckpt'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "hparams/pretrain_asr.yaml" in result.stdout + result.stderr
+
+
+def test_missing_manifest_is_reported(runs, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(TRAIN), "hparams/lora_asr.yaml", *TINY, "--prepare_corpus=False",
+         f"--data_folder={tmp_path}", f"--output_folder={tmp_path / 'x'}",
+         f"--base_checkpoint={runs['base']}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "noisy_train.csv does not exist" in result.stdout + result.stderr
+
+
+def test_two_process_torchrun(runs):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = runs["tmp"] / "ddp"
+    run(
+        "--nproc_per_node=2", str(TRAIN), "hparams/lora_asr.yaml",
+        f"--data_folder={runs['tmp'] / 'corpus'}", *TINY, f"--base_checkpoint={runs['base']}",
+        "--distributed_backend=gloo", f"--output_folder={out}",
+        launcher=(str(torchrun),),
+    )  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "lora" and "after" in summary
+    assert (out / "adapter.safetensors").is_file()
