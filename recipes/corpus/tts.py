@@ -168,7 +168,9 @@ class ESpeak:
             self._chunks.append(np.ctypeslib.as_array(samples, shape=(count,)).copy())
         return 0
 
-    def _synthesize_native(self, text: bytes, name: bytes, rate: int, pitch: int, seed: int) -> bytes:
+    def _synthesize_native(
+        self, text: bytes, name: bytes, rate: int, pitch: int, seed: int
+    ) -> bytes:
         """Synthesise in the current process; returns native-rate int16 bytes."""
         lib = self._lib
         ctypes.CDLL(None).srand(ctypes.c_uint(seed))  # breath noise uses libc rand()
@@ -186,7 +188,9 @@ class ESpeak:
             raise RuntimeError(f"espeak_Synth failed with status {status}")
         return b"".join(chunk.tobytes() for chunk in self._chunks)
 
-    def _synthesize_in_child(self, text: bytes, name: bytes, rate: int, pitch: int, seed: int) -> bytes:
+    def _synthesize_in_child(
+        self, text: bytes, name: bytes, rate: int, pitch: int, seed: int
+    ) -> bytes:
         """Run :meth:`_synthesize_native` in a forked child and return its output."""
         read_fd, write_fd = os.pipe()
         pid = os.fork()
@@ -197,7 +201,7 @@ class ESpeak:
                 with os.fdopen(write_fd, "wb") as pipe:
                     pipe.write(self._synthesize_native(text, name, rate, pitch, seed))
                 exit_code = 0
-            except BaseException:
+            except BaseException:  # noqa: BLE001 - the child must exit, whatever happened
                 traceback.print_exc()
                 sys.stderr.flush()
             finally:
