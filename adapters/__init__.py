@@ -6,7 +6,19 @@ wrap a model with ``!new:adapters.AdaptedModel``.
 
 from adapters.adapted_model import AdaptedModel
 from adapters.base import Adapter
+from adapters.dora import DoRA
+from adapters.houlsby import Houlsby
 from adapters.lora import LoRA
+from adapters.pool_lora import PoolLoRA
 from adapters.state import base_fingerprint, read_adapter_metadata
 
-__all__ = ["AdaptedModel", "Adapter", "LoRA", "base_fingerprint", "read_adapter_metadata"]
+__all__ = [
+    "AdaptedModel",
+    "Adapter",
+    "DoRA",
+    "Houlsby",
+    "LoRA",
+    "PoolLoRA",
+    "base_fingerprint",
+    "read_adapter_metadata",
+]

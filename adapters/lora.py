@@ -103,38 +103,60 @@ class LoRA(Adapter):
 
         kernel = tuple(weight.shape[2:])  # () for Linear
         factory = {"device": weight.device, "dtype": weight.dtype}
-        self.lora_A = nn.Parameter(torch.empty(rank, in_features, *kernel, **factory))
+        down_features = self._down_features(in_features)
+        self.lora_A = nn.Parameter(torch.empty(rank, down_features, *kernel, **factory))
         self.lora_B = nn.Parameter(torch.zeros(out_features, rank, *(1,) * len(kernel), **factory))
         if init == "kaiming":
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         else:
             nn.init.normal_(self.lora_A, std=1.0 / rank)
 
-    def delta_weight(self) -> torch.Tensor:
+    # Hooks for variants that transform the input of the down projection.
+    def _down_features(self, in_features: int) -> int:
+        """Input size of ``A`` (the layer's input size here)."""
+        return in_features
+
+    def _down_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What ``A`` is applied to (the layer's input here)."""
+        return x
+
+    def _full_A(self) -> torch.Tensor:
+        """``A`` as a map from the layer's input (``A`` itself here)."""
+        return self.lora_A
+
+    def lowrank_delta(self) -> torch.Tensor:
         """Return ``s * B @ A`` in the shape of the base weight.
 
         Example
         -------
         >>> lora = LoRA(torch.nn.Conv2d(3, 6, kernel_size=3), rank=2)
-        >>> lora.delta_weight().shape
+        >>> lora.lowrank_delta().shape
         torch.Size([6, 3, 3, 3])
         """
         b = self.lora_B.flatten(1)
-        return self.scaling * torch.einsum("or,ri...->oi...", b, self.lora_A)
+        return self.scaling * torch.einsum("or,ri...->oi...", b, self._full_A())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Base output plus the scaled low-rank branch."""
-        out = self.base_layer(x)
-        if self.merged:
-            return out
-        h = self.dropout(x)
+    def delta_weight(self) -> torch.Tensor:
+        """The change to the base weight: the low-rank update."""
+        return self.lowrank_delta()
+
+    def lowrank_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """``s * B(A(x))``, shaped like the base layer's output."""
+        h = self._down_input(self.dropout(x))
         if isinstance(self.base_layer, LINEAR_TYPES):
             update = F.linear(F.linear(h, self.lora_A), self.lora_B)
         else:
             conv = F.conv1d if isinstance(self.base_layer, nn.Conv1d) else F.conv2d
             # A shares the base geometry (stride, padding, dilation); B is pointwise.
             update = conv(self.base_layer._conv_forward(h, self.lora_A, None), self.lora_B)
-        return out + self.scaling * update
+        return self.scaling * update
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Base output plus the scaled low-rank branch."""
+        out = self.base_layer(x)
+        if self.merged:
+            return out
+        return out + self.lowrank_branch(x)
 
     def extra_repr(self) -> str:
         text = f"rank={self.rank}, alpha={self.alpha:g}, scaling={self.scaling:g}"

@@ -9,7 +9,8 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from torch import nn
 
-from adapters import AdaptedModel, LoRA, read_adapter_metadata
+from adapters import AdaptedModel, DoRA, Houlsby, LoRA, PoolLoRA, read_adapter_metadata
+from adapters.pool_lora import pool_features
 
 
 def make_net(seed: int = 0) -> nn.Module:
@@ -40,26 +41,76 @@ LAYERS = {
 }
 
 
+MERGEABLE = {
+    "lora": lambda layer: LoRA(layer, rank=2, alpha=4),
+    "rslora": lambda layer: LoRA(layer, rank=2, alpha=4, use_rslora=True),
+    "poollora": lambda layer: PoolLoRA(layer, stride=2, rank=2),
+    "poollora-uneven": lambda layer: PoolLoRA(layer, stride=5, rank=1),
+    "dora": lambda layer: DoRA(layer, rank=2),
+}
+
+
+def perturb(adapter: nn.Module) -> None:
+    """Move every trainable parameter away from its initial value."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in adapter.parameters():
+            if param.requires_grad:
+                param.add_(0.3 * torch.randn_like(param))
+
+
 @pytest.mark.parametrize("kind", LAYERS)
-@pytest.mark.parametrize("use_rslora", [False, True])
-def test_lora_is_identity_at_insertion_and_merges_exactly(kind, use_rslora):
+@pytest.mark.parametrize("variant", [*MERGEABLE, "houlsby"])
+def test_every_adapter_is_identity_at_insertion(kind, variant):
     make_layer, shape = LAYERS[kind]
     torch.manual_seed(0)
     base = make_layer()
     reference = copy.deepcopy(base)
-    lora = LoRA(base, rank=2, alpha=4, use_rslora=use_rslora)
+    build = MERGEABLE.get(variant, lambda layer: Houlsby(layer, projection_size=3))
+    adapter = build(base)
     x = torch.randn(*shape)
-    assert torch.equal(lora(x), reference(x))
+    assert torch.allclose(adapter(x), reference(x), atol=1e-6)
+    assert not any(p.requires_grad for p in adapter.base_layer.parameters())
+    perturb(adapter)
+    assert not torch.allclose(adapter(x), reference(x), atol=1e-4)
 
-    with torch.no_grad():
-        lora.lora_B.normal_()
-    unmerged = lora(x)
-    assert not torch.allclose(unmerged, reference(x), atol=1e-4)
-    lora.merge()
-    assert torch.allclose(lora(x), unmerged, atol=1e-5)
-    lora.unmerge()
-    assert torch.equal(lora.base_layer.weight, reference.weight)  # bit for bit
-    assert torch.equal(lora(x), unmerged)
+
+@pytest.mark.parametrize("kind", LAYERS)
+@pytest.mark.parametrize("variant", MERGEABLE)
+def test_merge_is_exact_and_unmerge_restores_the_base_bit_for_bit(kind, variant):
+    make_layer, shape = LAYERS[kind]
+    torch.manual_seed(0)
+    base = make_layer()
+    reference = copy.deepcopy(base)
+    adapter = MERGEABLE[variant](base)
+    perturb(adapter)
+    x = torch.randn(*shape)
+    unmerged = adapter(x)
+    adapter.merge()
+    assert torch.allclose(adapter(x), unmerged, atol=1e-5)
+    adapter.unmerge()
+    assert torch.equal(adapter.base_layer.weight, reference.weight)
+    assert torch.equal(adapter(x), unmerged)
+
+
+def test_houlsby_cannot_merge():
+    model = AdaptedModel(
+        make_net(), Houlsby, all_linear=True, adapter_kwargs={"projection_size": 2}
+    )
+    with pytest.raises(TypeError, match="cannot be merged"):
+        model.merge()
+
+
+def test_pooling_averages_uneven_groups_and_matches_its_matrix():
+    x = torch.randn(4, 7)
+    pooled = pool_features(x, stride=3, dim=-1)
+    expected = torch.stack([x[:, 0:3].mean(1), x[:, 3:6].mean(1), x[:, 6]], dim=1)
+    assert torch.allclose(pooled, expected)
+    adapter = PoolLoRA(nn.Linear(7, 5), stride=3, rank=2)
+    perturb(adapter)
+    via_branch = adapter.lowrank_branch(x)
+    via_matrix = x @ adapter.delta_weight().T
+    assert torch.allclose(via_branch, via_matrix, atol=1e-6)
 
 
 def test_scaling_follows_alpha_and_rslora():
@@ -218,3 +269,32 @@ adapted: !new:adapters.AdaptedModel
     hparams = load_hyperpyyaml(yaml, {"rank": 4})
     assert hparams["adapted"].adapted_model[0].lora_A.shape == (4, 16)
     assert not isinstance(hparams["adapted"].adapted_model[1], LoRA)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [
+        (LoRA, {"rank": 2}),
+        (PoolLoRA, {"rank": 2, "stride": 3}),
+        (DoRA, {"rank": 2}),
+        (Houlsby, {"projection_size": 2}),
+    ],
+)
+def test_training_changes_adapters_only(cls, kwargs):
+    net = make_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    model = AdaptedModel(net, cls, all_linear=True, all_conv=True, adapter_kwargs=kwargs)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and not any(".base_layer." in n for n in trainable)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.randn(4, 4, 10)).pow(2).mean().backward()
+        optimizer.step()
+    after = {k.replace("base_layer.", ""): v for k, v in net.state_dict().items()}
+    for key, value in before.items():
+        if not key.startswith("1."):  # BatchNorm statistics move in training mode
+            assert torch.equal(after[key], value), key
+    x = torch.randn(2, 4, 10)
+    model.eval()
+    assert not torch.allclose(model(x), copy.deepcopy(make_net()).eval()(x), atol=1e-5)

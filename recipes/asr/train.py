@@ -47,8 +47,9 @@ class ASR(sb.Brain):
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
         feats = self.hparams.compute_features(wavs)
-        if stage == sb.Stage.TRAIN and "augment" in self.hparams.__dict__:
-            feats = self.hparams.augment(feats)
+        augment = getattr(self.hparams, "augment", None)
+        if stage == sb.Stage.TRAIN and augment is not None:
+            feats = augment(feats)
         logits = self.modules.model(feats, wav_lens)
         return self.hparams.log_softmax(logits), wav_lens
 

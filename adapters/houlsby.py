@@ -1,0 +1,89 @@
+"""Houlsby bottleneck adapter after a Linear or convolution layer.
+
+Houlsby et al., "Parameter-Efficient Transfer Learning for NLP", 2019,
+https://arxiv.org/abs/1902.00751: ``h + up(act(down(h)))`` with ``h`` the frozen
+layer's output. Unlike ``speechbrain.nnet.adapters.HoulsbyAdapterLinear``, the
+up projection starts at zero, so the model is unchanged at insertion, and the
+wrapped layer's parameters really are frozen. The bottleneck is nonlinear, so
+this adapter cannot be merged into the base weights.
+
+Authors
+ * speech-adapters contributors 2026
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from adapters.base import CONV_TYPES, LINEAR_TYPES, Adapter
+
+
+class Houlsby(Adapter):
+    """Residual bottleneck on the output of a Linear, Conv1d or Conv2d.
+
+    Arguments
+    ---------
+    target_module : torch.nn.Module
+        The pretrained layer, frozen. For convolutions the bottleneck acts on
+        channels (pointwise convolutions).
+    projection_size : int
+        Width of the bottleneck.
+    activation : callable
+        Class (or factory) of the nonlinearity, e.g. ``torch.nn.GELU``.
+    dropout : float
+        Dropout inside the bottleneck.
+
+    Example
+    -------
+    >>> base = torch.nn.Linear(16, 32)
+    >>> adapter = Houlsby(base, projection_size=4)
+    >>> x = torch.randn(2, 7, 16)
+    >>> torch.equal(adapter(x), base(x))
+    True
+    >>> sum(p.numel() for p in adapter.parameters() if p.requires_grad)
+    292
+    """
+
+    def __init__(
+        self,
+        target_module: nn.Module,
+        projection_size: int = 32,
+        activation: Callable[[], nn.Module] = nn.GELU,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(target_module)
+        if isinstance(target_module, LINEAR_TYPES):
+            features = target_module.out_features
+
+            def project(i: int, o: int) -> nn.Module:
+                return nn.Linear(i, o)
+        elif isinstance(target_module, CONV_TYPES):
+            features = target_module.out_channels
+            conv = type(target_module)
+
+            def project(i: int, o: int) -> nn.Module:
+                return conv(i, o, kernel_size=1)
+        else:
+            raise TypeError(
+                f"Houlsby adapts nn.Linear, nn.Conv1d and nn.Conv2d, not "
+                f"{type(target_module).__name__}; choose other target_layers."
+            )
+        if not isinstance(projection_size, int) or projection_size < 1:
+            raise ValueError(
+                f"projection_size must be a positive integer, got {projection_size!r}."
+            )
+        factory = {"device": target_module.weight.device, "dtype": target_module.weight.dtype}
+        self.down = project(features, projection_size).to(**factory)
+        self.up = project(projection_size, features).to(**factory)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        self.activation = activation()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Frozen layer output plus the bottleneck's residual."""
+        h = self.base_layer(x)
+        return h + self.up(self.dropout(self.activation(self.down(h))))
