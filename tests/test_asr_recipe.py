@@ -34,7 +34,13 @@ def run(*args: str, cwd: Path = ROOT, launcher: tuple[str, ...] = (sys.executabl
     """Run a recipe command, failing the test with its output if it fails."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(
-        [*launcher, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        [*launcher, *args],
+        check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result.stdout + result.stderr
@@ -109,7 +115,7 @@ def test_missing_base_checkpoint_says_what_to_run(runs, tmp_path):
         [sys.executable, str(TRAIN), "hparams/lora_asr.yaml", *TINY,
          f"--data_folder={runs['tmp'] / 'corpus'}", f"--output_folder={tmp_path / 'x'}",
          f"--base_checkpoint={tmp_path / 'nope.ckpt'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode != 0
     assert "hparams/pretrain_asr.yaml" in result.stdout + result.stderr
@@ -120,7 +126,7 @@ def test_missing_manifest_is_reported(runs, tmp_path):
         [sys.executable, str(TRAIN), "hparams/lora_asr.yaml", *TINY, "--prepare_corpus=False",
          f"--data_folder={tmp_path}", f"--output_folder={tmp_path / 'x'}",
          f"--base_checkpoint={runs['base']}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode != 0
     assert "noisy_train.csv does not exist" in result.stdout + result.stderr
