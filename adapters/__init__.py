@@ -9,6 +9,7 @@ from adapters.base import Adapter
 from adapters.dora import DoRA
 from adapters.houlsby import Houlsby
 from adapters.lora import LoRA
+from adapters.peft_bridge import peft_adapter
 from adapters.pool_lora import PoolLoRA
 from adapters.state import base_fingerprint, read_adapter_metadata
 
@@ -20,5 +21,6 @@ __all__ = [
     "LoRA",
     "PoolLoRA",
     "base_fingerprint",
+    "peft_adapter",
     "read_adapter_metadata",
 ]

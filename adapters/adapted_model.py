@@ -137,6 +137,7 @@ class AdaptedModel(nn.Module):
                 "unfrozen_layers or inside torch attention. Revise target_layers."
             )
         self.inserted = False
+        self._foreign_backup: dict[str, torch.Tensor] = {}
         if not manual_adapter_insertion:
             self.insert_adapters()
 
@@ -215,16 +216,25 @@ class AdaptedModel(nn.Module):
         return {name: self.adapted_model.get_submodule(name) for name in self.adapted_layers}
 
     def merge(self) -> None:
-        """Fold every mergeable adapter into its base weights."""
-        for name, adapter in self.adapters().items():
-            if not (isinstance(adapter, Adapter) and adapter.mergeable):
+        """Fold every adapter into its base weights (all must be mergeable)."""
+        adapters = self.adapters()
+        for name, adapter in adapters.items():
+            if not getattr(adapter, "mergeable", callable(getattr(adapter, "merge", None))):
                 raise TypeError(f"Adapter at {name} ({type(adapter).__name__}) cannot be merged.")
+        for name, adapter in adapters.items():
+            if not isinstance(adapter, Adapter) and name not in self._foreign_backup:
+                # Foreign (e.g. PEFT) adapters unmerge by subtraction; keep the exact base.
+                self._foreign_backup[name] = adapter.base_layer.weight.detach().clone()
             adapter.merge()
 
+    @torch.no_grad()
     def unmerge(self) -> None:
-        """Undo ``merge`` exactly."""
-        for adapter in self.adapters().values():
-            adapter.unmerge()
+        """Undo ``merge``, restoring the base weights bit for bit."""
+        for name, adapter in self.adapters().items():
+            if callable(getattr(adapter, "unmerge", None)):
+                adapter.unmerge()
+            if name in self._foreign_backup:
+                adapter.base_layer.weight.copy_(self._foreign_backup.pop(name))
 
     # ------------------------------------------------------------- statistics
     def num_trainable_parameters(self) -> int:
@@ -291,9 +301,11 @@ class AdaptedModel(nn.Module):
         for key, value in self.adapted_model.state_dict(keep_vars=True).items():
             if isinstance(value, nn.Parameter) and not value.requires_grad:
                 state[key.replace("base_layer.", "")] = value.detach()
-        for name, adapter in self.adapters().items():
-            if getattr(adapter, "merged", False):
+        for name, adapter in self.adapters().items():  # merged weights: the original
+            if isinstance(adapter, Adapter) and adapter.merged:
                 state[f"{name}.weight"] = adapter._unmerged_weight
+            elif name in self._foreign_backup:
+                state[f"{name}.weight"] = self._foreign_backup[name]
         return state
 
     def save_adapter(self, path: str) -> None:

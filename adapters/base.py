@@ -19,7 +19,7 @@ LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear,)
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d)
 
 
-def _accept_plain_keys(module: Adapter, state_dict: dict, prefix: str, *args: object) -> None:
+def accept_plain_keys(module: Adapter, state_dict: dict, prefix: str, *args: object) -> None:
     """Let a checkpoint of the plain model load into the adapted one.
 
     ``layer.weight`` of a pretrained checkpoint becomes
@@ -60,7 +60,7 @@ class Adapter(nn.Module):
         for param in base_layer.parameters():
             param.requires_grad_(False)
         self.merged = False
-        self._register_load_state_dict_pre_hook(_accept_plain_keys, with_module=True)
+        self._register_load_state_dict_pre_hook(accept_plain_keys, with_module=True)
 
     def delta_weight(self) -> torch.Tensor:
         """Return the change this adapter makes to ``base_layer.weight``."""

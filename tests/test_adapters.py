@@ -298,3 +298,56 @@ def test_training_changes_adapters_only(cls, kwargs):
     x = torch.randn(2, 4, 10)
     model.eval()
     assert not torch.allclose(model(x), copy.deepcopy(make_net()).eval()(x), atol=1e-5)
+
+
+PEFT_METHODS = {
+    "lora": {"r": 2, "lora_alpha": 4},
+    "loha": {"r": 2, "alpha": 2},
+    "lokr": {"r": 2, "alpha": 2},
+    "ia3": {},
+}
+
+
+@pytest.mark.parametrize("method", PEFT_METHODS)
+def test_peft_bridge_trains_saves_loads_and_merges(method, tmp_path):
+    pytest.importorskip("peft")
+    from adapters import peft_adapter
+
+    kwargs = {"method": method, **PEFT_METHODS[method]}
+    model = AdaptedModel(make_net(), peft_adapter, all_linear=True, adapter_kwargs=kwargs).eval()
+    base_weight = model.adapted_model[5].base_layer.weight.clone()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.randn(4, 4, 10)).pow(2).mean().backward()
+        optimizer.step()
+    assert torch.equal(model.adapted_model[5].base_layer.weight, base_weight)
+    x = torch.randn(2, 4, 10)
+    trained = model(x)
+    assert not torch.allclose(trained, make_net().eval()(x), atol=1e-5)
+
+    model.save_adapter(str(tmp_path / "peft.safetensors"))
+    fresh = AdaptedModel(make_net(), peft_adapter, all_linear=True, adapter_kwargs=kwargs).eval()
+    fresh.load_adapter(str(tmp_path / "peft.safetensors"))
+    assert torch.equal(fresh(x), trained)
+
+    model.merge()
+    assert torch.allclose(model(x), trained, atol=1e-5)
+    model.unmerge()
+    assert torch.equal(model.adapted_model[5].base_layer.weight, base_weight)
+
+
+def test_our_lora_matches_peft_lora_given_the_same_weights():
+    pytest.importorskip("peft")
+    from adapters import peft_adapter
+
+    torch.manual_seed(0)
+    ours = LoRA(nn.Linear(12, 6), rank=3, alpha=6)
+    theirs = peft_adapter(copy.deepcopy(ours.base_layer), r=3, lora_alpha=6)
+    with torch.no_grad():
+        ours.lora_B.normal_()
+        theirs.lora_A["default"].weight.copy_(ours.lora_A)
+        theirs.lora_B["default"].weight.copy_(ours.lora_B)
+    x = torch.randn(5, 12)
+    assert torch.allclose(ours(x), theirs(x), atol=1e-6)
+    assert torch.allclose(ours.delta_weight(), theirs.get_delta_weight("default"), atol=1e-6)
