@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import inspect
 import logging
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from fnmatch import fnmatch
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from speechbrain.utils import checkpoints
 from torch import nn
 
+from adapters.attention import adapt_parameter, projection_blocks
 from adapters.base import CONV_TYPES, LINEAR_TYPES, Adapter
 from adapters.state import load_adapter_file, save_adapter_file
 
@@ -42,6 +42,23 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
 def _within(name: str, prefix: str) -> bool:
     """Whether module ``name`` is ``prefix`` or lies inside it."""
     return name == prefix or name.startswith(prefix + ".")
+
+
+def _parameter_targets(model: nn.Module) -> dict[str, tuple[str, str, slice]]:
+    """Projections held in raw parameters: ``{name: (module, parameter, rows)}``.
+
+    Q/K/V of attention modules become ``<attention>.q_proj`` etc.; the
+    ``out_proj`` of torch's MultiheadAttention keeps its module name, since
+    torch reads its weight directly.
+    """
+    targets = {}
+    for name, module in model.named_modules():
+        for block, (param, rows) in projection_blocks(module).items():
+            targets[f"{name}.{block}" if name else block] = (name, param, rows)
+        if isinstance(module, nn.MultiheadAttention):
+            out = f"{name}.out_proj" if name else "out_proj"
+            targets[out] = (out, "weight", slice(None))
+    return targets
 
 
 def _check_patterns(kind: str, patterns: Sequence[str], names: Sequence[str]) -> None:
@@ -117,8 +134,10 @@ class AdaptedModel(nn.Module):
         unfrozen_layers = list(unfrozen_layers or [])
         self._check_adapter_kwargs()
 
+        # Raw-parameter projections (attention Q/K/V, torch MHA's out_proj) by name.
+        self._param_targets = _parameter_targets(model_to_adapt)
         names = [name for name, _ in model_to_adapt.named_modules() if name]
-        _check_patterns("target_layers", target_layers, names)
+        _check_patterns("target_layers", target_layers, [*names, *self._param_targets])
         _check_patterns("unfrozen_layers", unfrozen_layers, names)
 
         for param in model_to_adapt.parameters():
@@ -134,7 +153,7 @@ class AdaptedModel(nn.Module):
         if not self.adapted_layers and (all_linear or all_conv or target_layers):
             raise ValueError(
                 "No layer was selected for adaptation: the selected layers are all "
-                "unfrozen_layers or inside torch attention. Revise target_layers."
+                "unfrozen_layers. Revise target_layers."
             )
         self.inserted = False
         self._foreign_backup: dict[str, torch.Tensor] = {}
@@ -161,39 +180,59 @@ class AdaptedModel(nn.Module):
     def _select_layers(
         self, all_linear: bool, all_conv: bool, target_layers: Sequence[str]
     ) -> list[str]:
-        """Names of the modules to wrap, outermost first, no module twice."""
+        """Names of the layers to adapt, outermost first, none inside another."""
+        by_weight = getattr(self.adapter_class, "mergeable", False) is True
         selected: list[str] = []
-        for name, module in self.adapted_model.named_modules():
-            if not name or name in self.unfrozen_layers:
+        candidates: list[tuple[str, Any]] = [
+            *self.adapted_model.named_modules(),
+            *self._param_targets.items(),
+        ]
+        for name, target in candidates:
+            if not name or name in self.unfrozen_layers or any(_within(name, s) for s in selected):
                 continue
+            raw = name in self._param_targets
+            if raw and isinstance(target, nn.Module):
+                continue  # torch MHA's out_proj: reached as a parameter target below
+            matched = _matches(name, target_layers)
             wanted = (
-                (all_linear and isinstance(module, LINEAR_TYPES))
-                or (all_conv and isinstance(module, CONV_TYPES))
-                or _matches(name, target_layers)
+                matched
+                or (all_linear and (raw or isinstance(target, LINEAR_TYPES)))
+                or (all_conv and isinstance(target, CONV_TYPES))
             )
-            if not wanted or any(name.startswith(s + ".") for s in selected):
+            if not wanted:
                 continue
-            parent = self.adapted_model.get_submodule(name.rpartition(".")[0])
-            if isinstance(parent, nn.MultiheadAttention):
-                # torch MHA reads out_proj.weight directly in its fused kernel.
-                warnings.warn(f"Skipping {name}: inside torch.nn.MultiheadAttention.", stacklevel=3)
-                continue
+            if raw and not by_weight:
+                if matched:
+                    raise TypeError(
+                        f"{name} is a projection stored as a raw attention parameter; only "
+                        "weight-update adapters (LoRA, PoolLoRA, DoRA) can adapt it, not "
+                        f"{getattr(self.adapter_class, '__name__', self.adapter_class)}."
+                    )
+                continue  # all_linear with a module adapter leaves attention as it is
             selected.append(name)
         return selected
 
     def insert_adapters(self) -> None:
-        """Replace the selected layers by adapters; a second call does nothing."""
+        """Insert the adapters; a second call does nothing."""
         if self.inserted:
             logger.info("Adapters are already inserted; insert_adapters() does nothing.")
             return
-        for name in self.adapted_layers:
-            parent_name, _, child = name.rpartition(".")
-            parent = self.adapted_model.get_submodule(parent_name)
-            layer = getattr(parent, child)
+
+        def build(layer: nn.Module) -> nn.Module:
             adapter = self.adapter_class(layer, **self.adapter_kwargs)
             for param in layer.parameters():  # user classes may forget this
                 param.requires_grad_(False)
-            setattr(parent, child, adapter)
+            return adapter
+
+        for name in self.adapted_layers:
+            if name in self._param_targets:
+                owner, param, rows = self._param_targets[name]
+                module = self.adapted_model.get_submodule(owner)
+                adapt_parameter(module, param, name.rpartition(".")[2], rows, build)
+            else:
+                parent_name, _, child = name.rpartition(".")
+                parent = self.adapted_model.get_submodule(parent_name)
+                setattr(parent, child, build(getattr(parent, child)))
         self.inserted = True
         logger.info(self.summary())
 
@@ -213,7 +252,15 @@ class AdaptedModel(nn.Module):
         """Return ``{layer name: adapter module}`` for the inserted adapters."""
         if not self.inserted:
             return {}
-        return {name: self.adapted_model.get_submodule(name) for name in self.adapted_layers}
+        found = {}
+        for name in self.adapted_layers:
+            if name in self._param_targets:
+                owner, param, _ = self._param_targets[name]
+                holder = self.adapted_model.get_submodule(owner).param_adapters[param]
+                found[name] = holder.blocks[name.rpartition(".")[2]]
+            else:
+                found[name] = self.adapted_model.get_submodule(name)
+        return found
 
     def merge(self) -> None:
         """Fold every adapter into its base weights (all must be mergeable)."""

@@ -66,6 +66,10 @@ class Adapter(nn.Module):
         """Return the change this adapter makes to ``base_layer.weight``."""
         raise NotImplementedError(f"{type(self).__name__} cannot be merged into its base layer.")
 
+    def adapted_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """The weight this adapter computes from a base ``weight``."""
+        return weight + self.delta_weight()
+
     @torch.no_grad()
     def merge(self) -> None:
         """Fold the adapter into the base weight; forward then skips the branch."""
