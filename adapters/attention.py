@@ -82,7 +82,7 @@ class BlockAdapters(nn.Module):
 def _adapted_class(cls: type[nn.Module]) -> type[nn.Module]:
     """A subclass of ``cls`` whose adapted parameters read through adapters."""
 
-    def getattr_(self: nn.Module, name: str):  # noqa: ANN202 (nn.Module API)
+    def getattr_(self: nn.Module, name: str) -> object:
         adapters = self.__dict__["_modules"].get("param_adapters")
         if adapters is not None and name in adapters:
             return adapters[name](self._parameters[name])
