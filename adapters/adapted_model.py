@@ -12,6 +12,7 @@ Authors
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 import logging
@@ -282,6 +283,49 @@ class AdaptedModel(nn.Module):
                 adapter.unmerge()
             if name in self._foreign_backup:
                 adapter.base_layer.weight.copy_(self._foreign_backup.pop(name))
+
+    def export_plain(self) -> nn.Module:
+        """A copy of the model with every adapter merged in and then removed.
+
+        The copy has the module names, classes and state-dict keys of the
+        base model, so it loads into a fresh instance of the base model class
+        and runs at the base model's speed.
+
+        Example
+        -------
+        >>> from adapters import LoRA
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+        >>> model = AdaptedModel(net, LoRA, all_linear=True, adapter_kwargs={"rank": 1})
+        >>> plain = model.export_plain()
+        >>> type(plain[0]).__name__, sorted(plain.state_dict())
+        ('Linear', ['0.bias', '0.weight', '1.bias', '1.weight'])
+        """
+        model = copy.deepcopy(self.adapted_model)
+        if not self.inserted:
+            return model
+        for name in self.adapted_layers:
+            if name in self._param_targets:
+                owner, param, _ = self._param_targets[name]
+                adapter = (
+                    model.get_submodule(owner).param_adapters[param].blocks[name.rpartition(".")[2]]
+                )
+                replace = None
+            else:
+                adapter = model.get_submodule(name)
+                replace = getattr(adapter, "base_layer", None)
+            if not getattr(adapter, "mergeable", callable(getattr(adapter, "merge", None))):
+                raise TypeError(f"Adapter at {name} ({type(adapter).__name__}) cannot be merged.")
+            adapter.merge()
+            if replace is not None:
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent), child, replace)
+        for module in model.modules():
+            if "param_adapters" in module._modules:
+                del module._modules["param_adapters"]
+                module.__class__ = module._adapted_base
+        for param in model.parameters():
+            param.requires_grad_(True)
+        return model
 
     # ------------------------------------------------------------- statistics
     def num_trainable_parameters(self) -> int:

@@ -59,6 +59,32 @@ def projection_blocks(module: nn.Module) -> dict[str, tuple[str, slice]]:
     }
 
 
+class RowView(nn.Linear):
+    """A bias-free Linear whose weight is rows of another module's parameter.
+
+    It reads the parameter at each access, so in-place updates (merging)
+    write into the owner's parameter, also in a deep copy of the model.
+
+    Example
+    -------
+    >>> mha = torch.nn.MultiheadAttention(4, 1)
+    >>> view = RowView(mha, "in_proj_weight", slice(4, 8))
+    >>> view.weight.shape, torch.equal(view.weight, mha.in_proj_weight[4:8])
+    (torch.Size([4, 4]), True)
+    """
+
+    def __init__(self, owner: nn.Module, param_name: str, rows: slice) -> None:
+        nn.Module.__init__(self)
+        object.__setattr__(self, "owner", owner)  # not a submodule
+        self.param_name, self.rows = param_name, rows
+        self.out_features, self.in_features = self.weight.shape
+        self.register_parameter("bias", None)
+
+    @property
+    def weight(self) -> torch.Tensor:  # type: ignore[override]
+        return self.owner._parameters[self.param_name][self.rows]
+
+
 class BlockAdapters(nn.Module):
     """The adapters of the row blocks of one weight; called on that weight."""
 
@@ -100,9 +126,9 @@ def adapt_parameter(
 ) -> Adapter:
     """Adapt rows ``rows`` of ``module.<param_name>`` with ``build(layer)``.
 
-    ``build`` receives a bias-free ``nn.Linear`` whose weight shares storage
-    with those rows (so merging writes into the module's parameter); the
-    adapter is registered under ``module.param_adapters[param_name]``.
+    ``build`` receives a ``RowView`` of those rows (so merging writes into
+    the module's parameter); the adapter is registered under
+    ``module.param_adapters[param_name]``.
 
     Example
     -------
@@ -120,13 +146,9 @@ def adapt_parameter(
     >>> sorted(mha.state_dict())[:3]  # the base keeps its keys
     ['in_proj_bias', 'in_proj_weight', 'out_proj.bias']
     """
-    param = module._parameters[param_name]
-    weight = param.detach()[rows]
-    shell = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
-    shell.weight = nn.Parameter(weight, requires_grad=False)
-    adapter = build(shell)
-    # The shell's weight is a view of the module's parameter: keep it out of
-    # the state dict, where the parameter is saved already.
+    adapter = build(RowView(module, param_name, rows))
+    # The view holds no tensor of its own: keep it out of the module tree,
+    # where traversals looking for nn.Linear layers would find it.
     object.__setattr__(adapter, "base_layer", adapter._modules.pop("base_layer"))
     if "param_adapters" not in module._modules:
         if not hasattr(type(module), "_adapted_base"):

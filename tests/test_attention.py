@@ -110,3 +110,19 @@ def test_module_adapters_cannot_take_raw_projections():
     # with all_linear, a module adapter adapts the real Linear layers only
     model = AdaptedModel(make("sb_mha"), Houlsby, all_linear=True)
     assert model.adapted_layers == ["ffn"]
+
+
+@pytest.mark.parametrize("kind", BLOCKS)
+def test_exported_plain_model_loads_into_a_fresh_base(kind):
+    model = AdaptedModel(make(kind), LoRA, all_linear=True, adapter_kwargs={"rank": 2})
+    for adapter in model.adapters().values():
+        adapter.lora_B.data.normal_()
+    x = torch.randn(2, 6, 8)
+    expected = model(x)
+    plain = model.export_plain().eval()
+    assert "param_adapters" not in str(plain) and "lora" not in str(plain.state_dict().keys())
+    fresh = BLOCKS[kind]().eval()
+    fresh.load_state_dict(plain.state_dict(), strict=True)
+    assert [type(m) for m in fresh.modules()] == [type(m) for m in plain.modules()]
+    assert torch.allclose(fresh(x), expected, atol=1e-5)
+    assert torch.equal(model(x), expected)  # the adapted model itself is untouched
