@@ -38,7 +38,8 @@ def peft_adapter(target_module: nn.Module, method: str = "lora", **config: Any) 
         One of ``"lora"``, ``"loha"``, ``"lokr"``, ``"ia3"``.
     **config
         Fields of the PEFT config, e.g. ``r=8, lora_alpha=16`` for LoRA or
-        ``r=8, alpha=8`` for LoHa/LoKr.
+        ``r=8, alpha=8`` for LoHa/LoKr. ``alpha`` is accepted for LoRA too
+        (as ``lora_alpha``), so one YAML serves several methods.
 
     Returns
     -------
@@ -49,7 +50,7 @@ def peft_adapter(target_module: nn.Module, method: str = "lora", **config: Any) 
     Example
     -------
     >>> import torch
-    >>> layer = peft_adapter(torch.nn.Linear(16, 8), method="lora", r=4, lora_alpha=8)
+    >>> layer = peft_adapter(torch.nn.Linear(16, 8), method="lora", r=4, alpha=8)
     >>> type(layer).__module__, layer.scaling["default"]
     ('peft.tuners.lora.layer', 2.0)
     """
@@ -58,6 +59,8 @@ def peft_adapter(target_module: nn.Module, method: str = "lora", **config: Any) 
     if method not in PEFT_CONFIGS:
         raise ValueError(f"Unknown PEFT method {method!r}; use one of {sorted(PEFT_CONFIGS)}.")
     config_class = getattr(peft, PEFT_CONFIGS[method])
+    if method == "lora" and "alpha" in config:
+        config["lora_alpha"] = config.pop("alpha")
     if method == "ia3":
         config.setdefault("feedforward_modules", [])
     try:

@@ -144,3 +144,33 @@ def test_two_process_torchrun(runs):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "lora" and "after" in summary
     assert (out / "adapter.safetensors").is_file()
+
+
+ADAPTER_YAMLS = {
+    "poollora": ("PoolLoRA", ".lora_"),
+    "dora": ("DoRA", ".magnitude"),
+    "houlsby": ("Houlsby", ".up."),
+    "peft": ("peft_adapter", ".lora_A.default"),
+    "lora_attention": ("LoRA", "mha_layer.param_adapters.in_proj_weight"),
+}
+
+
+@pytest.mark.parametrize("method", ADAPTER_YAMLS)
+def test_every_adapter_recipe_trains_and_saves_its_adapter(runs, method):
+    if method == "peft":
+        pytest.importorskip("peft")
+    out = runs["tmp"] / method
+    run(
+        str(TRAIN), f"hparams/{method}_asr.yaml", f"--data_folder={runs['tmp'] / 'corpus'}",
+        *TINY, "--evaluate_before=False", f"--base_checkpoint={runs['base']}",
+        f"--output_folder={out}",
+    )  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == method and 0 < summary["trainable_pct"] < 20
+    adapter_class, key_part = ADAPTER_YAMLS[method]
+    path = out / "adapter.safetensors"
+    assert read_adapter_metadata(path)["adapter_class"] == adapter_class
+    with safe_open(str(path), framework="pt") as handle:
+        keys = list(handle.keys())
+    assert any(key_part in k for k in keys), keys[:5]
+    assert not any(".base_layer." in k for k in keys)
