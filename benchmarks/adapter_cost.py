@@ -1,0 +1,348 @@
+#!/usr/bin/env python3
+"""Training and inference cost of each adapter against full fine-tuning.
+
+Every configuration runs in its own process (so peak memory is its own), the
+configurations are interleaved over repeats (so machine noise cannot favour
+one), and the table reports medians and ratios to full fine-tuning measured
+in the same run. The model is the recipe's Conformer CTC, built from
+``hparams/pretrain_asr.yaml`` with size overrides; inputs are random
+filterbanks of a fixed shape, so no data is needed.
+
+    python benchmarks/adapter_cost.py --quick                 # ~3 min, 3.1M model
+    python benchmarks/adapter_cost.py --size 20m --repeats 5  # the anchor model
+
+Pin the allocator when reporting memory: ``MALLOC_MMAP_THRESHOLD_=65536``
+(glibc keeps freed memory otherwise, and peak RSS then says little); the
+script sets it for its workers.
+
+Authors
+ * speech-adapters contributors 2026
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = {  # overrides of hparams/pretrain_asr.yaml
+    "asr": {},
+    "20m": {"frontend_channels_1": 64, "d_model": 256, "num_encoder_layers": 12,
+            "d_ffn": 1024, "output_neurons": 5000},
+    "tiny": {"d_model": 32, "nhead": 2, "num_encoder_layers": 1, "d_ffn": 64},
+}  # fmt: skip
+METHODS = (
+    "full", "head", "sb_lora", "peft_lora", "lora", "lora_all", "lora_attention",
+    "poollora", "dora", "houlsby",
+)  # fmt: skip
+DESCRIPTIONS = {
+    "full": "full fine-tuning",
+    "head": "frozen encoder, CTC head only",
+    "sb_lora": "SpeechBrain 1.1.2 LoRA r8, Linear modules",
+    "peft_lora": "PEFT LoRA r8 (bridge), Linear modules",
+    "lora": "ours LoRA r8, Linear modules",
+    "lora_all": "ours LoRA r8, Linear modules + attention Q/K/V",
+    "lora_attention": "ours LoRA r8, attention Q/V only",
+    "poollora": "ours PoolLoRA r8 stride 2, Linear modules",
+    "dora": "ours DoRA r8, Linear modules",
+    "houlsby": "ours Houlsby p32, Linear modules",
+}
+
+
+# ------------------------------------------------------------------ worker
+def _rss_peak_kib() -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return -1
+
+
+def _reset_rss_peak() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def _build(method: str, size: str, rank: int):
+    """The model with ``method`` applied, and the module that holds adapters."""
+    import torch
+    from hyperpyyaml import load_hyperpyyaml
+    from speechbrain.nnet import adapters as sb_adapters
+
+    import adapters
+
+    with open(ROOT / "hparams" / "pretrain_asr.yaml") as handle:
+        hparams = load_hyperpyyaml(handle, {"prepare_corpus": False, **SIZES[size]})
+    model = hparams["model"]
+    linear = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name != "head"
+    ]
+    common = {"unfrozen_layers": ["head"]}
+    if method == "full":
+        return model, None
+    if method == "head":
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith("head."))
+        return model, None
+    if method == "sb_lora":
+        wrapped = sb_adapters.AdaptedModel(
+            model, sb_adapters.LoRA, target_layers=linear, adapter_kwargs={"rank": rank}, **common
+        )
+        return wrapped, wrapped
+    choices = {
+        "peft_lora": (adapters.peft_adapter, linear, {"r": rank, "alpha": rank}),
+        "lora": (adapters.LoRA, linear, {"rank": rank}),
+        "lora_all": (adapters.LoRA, [*linear, "*.q_proj", "*.k_proj", "*.v_proj"], {"rank": rank}),
+        "lora_attention": (adapters.LoRA, ["*.q_proj", "*.v_proj"], {"rank": rank}),
+        "poollora": (adapters.PoolLoRA, linear, {"rank": rank, "stride": 2}),
+        "dora": (adapters.DoRA, linear, {"rank": rank}),
+        "houlsby": (adapters.Houlsby, linear, {"projection_size": 32}),
+    }
+    cls, targets, kwargs = choices[method]
+    wrapped = adapters.AdaptedModel(
+        model, cls, target_layers=targets, adapter_kwargs=kwargs, **common
+    )
+    return wrapped, wrapped
+
+
+def worker(method: str, size: str, batch: int, frames: int, steps: int, rank: int) -> dict:
+    """Measure one configuration in this process; return its figures."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    torch.manual_seed(0)
+    model, adapted = _build(method, size, rank)
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=1e-4)
+    feats = torch.randn(batch, frames, 80)
+    lengths = torch.ones(batch)
+    vocab = getattr(model, "adapted_model", model).head.out_features
+    targets = torch.randint(1, vocab, (batch, frames // 20))
+    target_lengths = torch.full((batch,), frames // 20)
+
+    def step() -> None:
+        log_probs = model(feats, lengths).log_softmax(-1).transpose(0, 1)
+        out_lengths = torch.full((batch,), log_probs.shape[0])
+        loss = torch.nn.functional.ctc_loss(log_probs, targets, out_lengths, target_lengths)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    model.train()
+    step()  # warm-up: allocations, optimizer state
+    _reset_rss_peak()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    peak = _rss_peak_kib()
+
+    saved = 0
+
+    def pack(tensor):
+        nonlocal saved
+        saved += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(feats, lengths).sum()
+
+    model.eval()
+
+    def infer() -> list[float]:
+        out = []
+        with torch.no_grad():
+            model(feats, lengths)
+            for _ in range(steps):
+                start = time.perf_counter()
+                model(feats, lengths)
+                out.append(time.perf_counter() - start)
+        return out
+
+    result = {
+        "method": method,
+        "trainable": sum(p.numel() for p in trainable),
+        "total": sum(p.numel() for p in params),
+        "step_s": statistics.median(times),
+        "peak_rss_mib": peak / 1024,
+        "saved_mib": saved / 2**20,
+        "infer_s": statistics.median(infer()),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        full_path = os.path.join(tmp, "full.ckpt")
+        torch.save(model.state_dict(), full_path)
+        result["full_file_bytes"] = os.path.getsize(full_path)
+        if callable(getattr(adapted, "save_adapter", None)):
+            adapted.save_adapter(os.path.join(tmp, "adapter.safetensors"))
+            result["adapter_file_bytes"] = os.path.getsize(os.path.join(tmp, "adapter.safetensors"))
+    if adapted is not None and callable(getattr(adapted, "merge", None)):
+        try:
+            adapted.merge()
+            result["infer_merged_s"] = statistics.median(infer())
+        except TypeError:
+            pass
+    return result
+
+
+# ------------------------------------------------------------------ driver
+def cpu_pressure() -> float:
+    """avg10 of /proc/pressure/cpu "some" (0 where unavailable)."""
+    try:
+        with open("/proc/pressure/cpu") as handle:
+            return float(handle.readline().split()[1].split("=")[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def summarise(rows: list[dict], methods: list[str]) -> list[dict]:
+    """Median of every figure per method, and ratios to full fine-tuning."""
+    table = []
+    for method in methods:
+        runs = [r for r in rows if r["method"] == method]
+        if not runs:
+            continue
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "method"}
+        table.append({"method": method, "runs": len(runs), **med})
+    full = next((t for t in table if t["method"] == "full"), None)
+    if full:
+        for t in table:
+            t["step_ratio"] = t["step_s"] / full["step_s"]
+            t["rss_ratio"] = t["peak_rss_mib"] / full["peak_rss_mib"]
+            t["saved_ratio"] = t["saved_mib"] / full["saved_mib"]
+            t["infer_ratio"] = t["infer_s"] / full["infer_s"]
+            if "infer_merged_s" in t:
+                t["infer_merged_ratio"] = t["infer_merged_s"] / full["infer_s"]
+            if "adapter_file_bytes" in t:
+                t["file_ratio"] = t["adapter_file_bytes"] / full["full_file_bytes"]
+    return table
+
+
+def markdown(table: list[dict]) -> str:
+    """The summary as a markdown table."""
+
+    def ratio(t: dict, key: str) -> str:
+        return f"{t[key]:.2f}x" if key in t else "-"
+
+    lines = [
+        (
+            "| method | trainable | step (s) | step vs full | peak RSS vs full | saved activations "
+            "vs full | inference unmerged | inference merged | adapter file vs full |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in table:
+        pct = 100 * t["trainable"] / t["total"]
+        file = f"{100 * t['file_ratio']:.2f}%" if "file_ratio" in t else "-"
+        lines.append(
+            f"| {t['method']} ({DESCRIPTIONS[t['method']]}) | {t['trainable']:,.0f} ({pct:.2f}%) "
+            f"| {t['step_s']:.3f} | {ratio(t, 'step_ratio')} | {ratio(t, 'rss_ratio')} "
+            f"| {ratio(t, 'saved_ratio')} | {ratio(t, 'infer_ratio')} "
+            f"| {ratio(t, 'infer_merged_ratio')} | {file} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(table: list[dict], path: Path) -> None:
+    """Bars of step time and peak memory relative to full fine-tuning."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [t["method"] for t in table]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, key, title in zip(
+        axes,
+        ("step_ratio", "rss_ratio"),
+        ("training step time", "peak training RSS"),
+        strict=True,
+    ):
+        ax.barh(names, [t.get(key, 0) for t in table], color="#4c72b0")
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_title(f"{title} / full fine-tuning")
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="asr")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=1000)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="2 repeats, 3 steps, 500 frames")
+    parser.add_argument("--out", default="results/benchmarks")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.steps, args.frames = 2, 3, 500
+
+    if args.worker:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        result = worker(args.worker, args.size, args.batch, args.frames, args.steps, args.rank)
+        print("RESULT " + json.dumps(result))
+        return
+
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"Unknown methods {unknown}; choose from {', '.join(METHODS)}.")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONWARNINGS": "ignore",
+           "OMP_NUM_THREADS": str(args.threads)}  # fmt: skip
+    rows, total, started = [], args.repeats * len(methods), time.time()
+    for rep in range(args.repeats):
+        order = methods[rep % len(methods) :] + methods[: rep % len(methods)]  # interleave
+        for method in order:
+            done = len(rows)
+            eta = (time.time() - started) / done * (total - done) if done else float("nan")
+            print(f"[{done + 1}/{total}] repeat {rep + 1} {method} (ETA {eta:.0f} s)", flush=True)
+            cmd = [sys.executable, __file__, "--worker", method, "--size", args.size,
+                   "--batch", str(args.batch), "--frames", str(args.frames),
+                   "--steps", str(args.steps), "--rank", str(args.rank),
+                   "--threads", str(args.threads)]  # fmt: skip
+            pressure = cpu_pressure()
+            proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
+            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            if proc.returncode or not line:
+                raise SystemExit(f"{method} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+            rows.append({**json.loads(line[0][7:]), "repeat": rep, "cpu_pressure": pressure})
+    table = summarise(rows, methods)
+    meta = {"size": args.size, "batch": args.batch, "frames": args.frames, "steps": args.steps,
+            "repeats": args.repeats, "threads": args.threads, "rank": args.rank,
+            "cpus": os.cpu_count()}  # fmt: skip
+    (out / f"cost_{args.size}.json").write_text(
+        json.dumps({"meta": meta, "runs": rows, "summary": table}, indent=1)
+    )
+    text = markdown(table)
+    (out / f"cost_{args.size}.md").write_text(text + "\n")
+    plot(table, out / f"cost_{args.size}.png")
+    print(json.dumps(meta))
+    print(text)
+    print(f"wrote {out}/cost_{args.size}.json, .md, .png")
+
+
+if __name__ == "__main__":
+    main()
