@@ -29,6 +29,39 @@ from adapters.base import CONV_TYPES, LINEAR_TYPES, Adapter
 _INITS = ("kaiming", "gaussian")
 
 
+class _MergedLoRALinear(torch.autograd.Function):
+    """``x (W + s B A)^T + b`` in one matmul, with rank-r gradients.
+
+    The forward multiplies by the merged weight (one pass over the input
+    instead of three); the backward gets ``dx`` from the merged weight and the
+    gradients of ``A`` and ``B`` from rank-r products, never forming the full
+    weight gradient that a frozen ``W`` does not need. Only ``x`` is saved.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling):  # noqa: ANN001, ANN205
+        merged = torch.addmm(weight, lora_b, lora_a, alpha=scaling)
+        ctx.save_for_backward(x, weight, lora_a, lora_b)
+        ctx.scaling = scaling
+        ctx.has_bias = bias is not None
+        return F.linear(x, merged, bias)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        x, weight, lora_a, lora_b = ctx.saved_tensors
+        s = ctx.scaling
+        g = grad.reshape(-1, grad.shape[-1])
+        x2 = x.reshape(-1, x.shape[-1])
+        grad_x = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (g @ torch.addmm(weight, lora_b, lora_a, alpha=s)).view_as(x)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = g.sum(0)
+        grad_b = (g.t() @ (x2 @ lora_a.t())).mul_(s)
+        grad_a = ((g @ lora_b).t() @ x2).mul_(s)
+        return grad_x, None, grad_bias, grad_a, grad_b, None
+
+
 class LoRA(Adapter):
     """Low-rank update of a Linear, Conv1d or Conv2d layer.
 
@@ -153,10 +186,20 @@ class LoRA(Adapter):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Base output plus the scaled low-rank branch."""
-        out = self.base_layer(x)
+        layer = self.base_layer
         if self.merged:
-            return out
-        return out + self.lowrank_branch(x)
+            return layer(x)
+        fusable = (
+            type(self)._down_input is LoRA._down_input
+            and isinstance(self.dropout, nn.Identity)
+            and isinstance(layer, LINEAR_TYPES)
+            and not layer.weight.requires_grad
+        )
+        if fusable:
+            return _MergedLoRALinear.apply(
+                x, layer.weight, layer.bias, self.lora_A, self.lora_B, self.scaling
+            )
+        return layer(x) + self.lowrank_branch(x)
 
     def extra_repr(self) -> str:
         text = f"rank={self.rank}, alpha={self.alpha:g}, scaling={self.scaling:g}"

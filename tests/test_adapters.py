@@ -351,3 +351,23 @@ def test_our_lora_matches_peft_lora_given_the_same_weights():
     x = torch.randn(5, 12)
     assert torch.allclose(ours(x), theirs(x), atol=1e-6)
     assert torch.allclose(ours.delta_weight(), theirs.get_delta_weight("default"), atol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_lora_linear_matches_the_two_branch_computation(bias):
+    torch.manual_seed(0)
+    layer = LoRA(nn.Linear(24, 16, bias=bias), rank=4, alpha=8)
+    layer.lora_B.data.normal_()
+    x = torch.randn(3, 7, 24, requires_grad=True)
+    grad = torch.randn(3, 7, 16)
+    fused = layer(x)
+    fused.backward(grad)
+    got = [t.grad.clone() for t in (x, layer.lora_A, layer.lora_B)]
+    for t in (x, layer.lora_A, layer.lora_B):
+        t.grad = None
+    reference = layer.base_layer(x) + layer.lowrank_branch(x)
+    reference.backward(grad)
+    assert torch.allclose(fused, reference, atol=1e-5)
+    for mine, theirs in zip(got, (x.grad, layer.lora_A.grad, layer.lora_B.grad), strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-5)
+    assert layer.base_layer.weight.grad is None
