@@ -39,7 +39,7 @@ class _MergedLoRALinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling):  # noqa: ANN001, ANN205
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling):
         merged = torch.addmm(weight, lora_b, lora_a, alpha=scaling)
         ctx.save_for_backward(x, weight, lora_a, lora_b)
         ctx.scaling = scaling
@@ -47,7 +47,7 @@ class _MergedLoRALinear(torch.autograd.Function):
         return F.linear(x, merged, bias)
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
+    def backward(ctx, grad):
         x, weight, lora_a, lora_b = ctx.saved_tensors
         s = ctx.scaling
         g = grad.reshape(-1, grad.shape[-1])
