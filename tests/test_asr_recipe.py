@@ -174,3 +174,23 @@ def test_every_adapter_recipe_trains_and_saves_its_adapter(runs, method):
         keys = list(handle.keys())
     assert any(key_part in k for k in keys), keys[:5]
     assert not any(".base_layer." in k for k in keys)
+
+
+def test_bring_your_own_manifests(runs, tmp_path):
+    """Any manifest with ID, duration, wav, wrd works; wav may be an absolute path."""
+    corpus = runs["tmp"] / "corpus"
+    for split in ("train", "valid", "test"):
+        text = (corpus / f"voices_{split}.csv").read_text().replace("$data_root", str(corpus))
+        (tmp_path / f"mine_{split}.csv").write_text(text)
+    out = tmp_path / "out"
+    run(
+        str(TRAIN), "hparams/lora_asr.yaml", *TINY, "--prepare_corpus=False",
+        f"--data_folder={tmp_path / 'unused'}", f"--train_csv={tmp_path / 'mine_train.csv'}",
+        f"--valid_csv={tmp_path / 'mine_valid.csv'}",
+        f"--test_sets={{target: {tmp_path / 'mine_test.csv'}, source: {tmp_path / 'mine_valid.csv'}}}",
+        f"--base_checkpoint={runs['base']}", f"--output_folder={out}",
+    )  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["after"]) == {"target", "source"}
+    assert "voices-test-" in (out / "wer_target.txt").read_text()
+    assert "voices-valid-" in (out / "wer_source.txt").read_text()
