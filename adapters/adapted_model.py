@@ -122,8 +122,8 @@ class AdaptedModel(nn.Module):
         adapter_class: Callable[..., nn.Module],
         all_linear: bool = False,
         all_conv: bool = False,
-        target_layers: Sequence[str] | None = None,
-        unfrozen_layers: Sequence[str] | None = None,
+        target_layers: str | Sequence[str] | None = None,
+        unfrozen_layers: str | Sequence[str] | None = None,
         adapter_kwargs: dict[str, Any] | None = None,
         manual_adapter_insertion: bool = False,
     ) -> None:
@@ -131,8 +131,12 @@ class AdaptedModel(nn.Module):
         self.adapted_model = model_to_adapt
         self.adapter_class = adapter_class
         self.adapter_kwargs = dict(adapter_kwargs or {})
-        target_layers = list(target_layers or [])
-        unfrozen_layers = list(unfrozen_layers or [])
+        target_layers = (
+            [target_layers] if isinstance(target_layers, str) else list(target_layers or [])
+        )
+        unfrozen_layers = (
+            [unfrozen_layers] if isinstance(unfrozen_layers, str) else list(unfrozen_layers or [])
+        )
         self._check_adapter_kwargs()
 
         # Raw-parameter projections (attention Q/K/V, torch MHA's out_proj) by name.
