@@ -162,6 +162,9 @@ class AdaptedModel(nn.Module):
             )
         self.inserted = False
         self._foreign_backup: dict[str, torch.Tensor] = {}
+        self.merged = False
+        self.active_adapter: str | None = "default"
+        self._bank: dict[str, dict[str, torch.Tensor]] = {}
         if not manual_adapter_insertion:
             self.insert_adapters()
 
@@ -239,6 +242,9 @@ class AdaptedModel(nn.Module):
                 parent = self.adapted_model.get_submodule(parent_name)
                 setattr(parent, child, build(getattr(parent, child)))
         self.inserted = True
+        # The state every new named adapter starts from: adapters at their
+        # (identity) initialisation, unfrozen layers and statistics pretrained.
+        self._initial_state = self._snapshot()
         logger.info(self.summary())
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -278,6 +284,7 @@ class AdaptedModel(nn.Module):
                 # Foreign (e.g. PEFT) adapters unmerge by subtraction; keep the exact base.
                 self._foreign_backup[name] = adapter.base_layer.weight.detach().clone()
             adapter.merge()
+        self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
@@ -287,6 +294,7 @@ class AdaptedModel(nn.Module):
                 adapter.unmerge()
             if name in self._foreign_backup:
                 adapter.base_layer.weight.copy_(self._foreign_backup.pop(name))
+        self.merged = False
 
     def export_plain(self) -> nn.Module:
         """A copy of the model with every adapter merged in and then removed.
@@ -330,6 +338,73 @@ class AdaptedModel(nn.Module):
         for param in model.parameters():
             param.requires_grad_(True)
         return model
+
+    # --------------------------------------------------------- named adapters
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        return {key: value.clone() for key, value in self.adapter_state_dict().items()}
+
+    def _swap_to(self, state: dict[str, torch.Tensor], name: str | None) -> None:
+        if not self.inserted:
+            raise RuntimeError("Call insert_adapters() before managing named adapters.")
+        if self.merged:
+            raise RuntimeError("Unmerge the adapters before switching or disabling them.")
+        if self.active_adapter is not None:
+            self._bank[self.active_adapter] = self._snapshot()
+        self.adapted_model.load_state_dict(state, strict=False)
+        self.active_adapter = name
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """Names of the adapter sets held, the active one included."""
+        names = set(self._bank) | ({self.active_adapter} if self.active_adapter else set())
+        return sorted(names)
+
+    def add_adapter(self, name: str) -> None:
+        """Start a new adapter set ``name`` at its initial state and make it active.
+
+        All sets share this model's adapted layers, adapter class and kwargs;
+        each holds its own adapters, unfrozen layers and BatchNorm statistics.
+        Switching copies those (small) tensors: one base serves several domains.
+
+        Example
+        -------
+        >>> from adapters import LoRA
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4))
+        >>> model = AdaptedModel(net, LoRA, all_linear=True, adapter_kwargs={"rank": 2})
+        >>> x = torch.randn(1, 4)
+        >>> _ = model.adapted_model[0].lora_B.data.fill_(1.0)
+        >>> noisy = model(x)
+        >>> model.add_adapter("telephone")
+        >>> torch.equal(model(x), net[0].base_layer(x)), model.adapter_names
+        (True, ['default', 'telephone'])
+        >>> model.set_adapter("default")
+        >>> torch.equal(model(x), noisy)
+        True
+        """
+        if name in self.adapter_names:
+            raise ValueError(f"An adapter named {name!r} exists already: {self.adapter_names}.")
+        self._swap_to(getattr(self, "_initial_state", {}), name)
+
+    def set_adapter(self, name: str) -> None:
+        """Make the adapter set ``name`` active (this also re-enables adapters)."""
+        if name == self.active_adapter:
+            return
+        if name not in self._bank:
+            raise KeyError(f"No adapter named {name!r}; available: {self.adapter_names}.")
+        self._swap_to(self._bank.pop(name), name)
+
+    def disable_adapters(self) -> None:
+        """Compute the pure base model until ``set_adapter`` is called."""
+        if self.active_adapter is not None:
+            self._swap_to(getattr(self, "_initial_state", {}), None)
+
+    def delete_adapter(self, name: str) -> None:
+        """Forget the adapter set ``name`` (switch away from it first)."""
+        if name == self.active_adapter:
+            raise ValueError(f"{name!r} is active: set_adapter() to another one first.")
+        if name not in self._bank:
+            raise KeyError(f"No adapter named {name!r}; available: {self.adapter_names}.")
+        del self._bank[name]
 
     # ------------------------------------------------------------- statistics
     def num_trainable_parameters(self) -> int:

@@ -371,3 +371,38 @@ def test_fused_lora_linear_matches_the_two_branch_computation(bias):
     for mine, theirs in zip(got, (x.grad, layer.lora_A.grad, layer.lora_B.grad), strict=True):
         assert torch.allclose(mine, theirs, atol=1e-5)
     assert layer.base_layer.weight.grad is None
+
+
+def test_named_adapters_switch_disable_and_delete():
+    model = AdaptedModel(make_net(), LoRA, all_linear=True, all_conv=True,
+                         unfrozen_layers=["7"], adapter_kwargs={"rank": 2}).eval()  # fmt: skip
+    x = torch.randn(2, 4, 10)
+    base_out = model(x)
+
+    def train_a_bit(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        for param in model.parameters():
+            if param.requires_grad:
+                param.data.add_(0.2 * torch.randn_like(param))
+        return model(x)
+
+    noisy = train_a_bit(1)
+    model.add_adapter("voices")
+    assert torch.allclose(model(x), base_out, atol=1e-6)  # a new set starts as the base
+    voices = train_a_bit(2)
+    assert model.adapter_names == ["default", "voices"]
+    model.set_adapter("default")
+    assert torch.equal(model(x), noisy)
+    model.disable_adapters()
+    assert torch.allclose(model(x), base_out, atol=1e-6)
+    model.set_adapter("voices")
+    assert torch.equal(model(x), voices)
+    with pytest.raises(ValueError, match="is active"):
+        model.delete_adapter("voices")
+    model.delete_adapter("default")
+    assert model.adapter_names == ["voices"]
+    with pytest.raises(KeyError, match="available"):
+        model.set_adapter("default")
+    model.merge()
+    with pytest.raises(RuntimeError, match="Unmerge"):
+        model.add_adapter("telephone")
