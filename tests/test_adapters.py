@@ -406,3 +406,74 @@ def test_named_adapters_switch_disable_and_delete():
     model.merge()
     with pytest.raises(RuntimeError, match="Unmerge"):
         model.add_adapter("telephone")
+
+
+class TutorialPoolLoRA(nn.Module):
+    """A user's own adapter, written as in SpeechBrain's adapters tutorial."""
+
+    def __init__(self, target_module, stride=2, rank=4, alpha=1.0):
+        super().__init__()
+        self.pretrained_module = target_module
+        self.down_scale = nn.AvgPool1d(kernel_size=stride)
+        self.down = nn.Linear(target_module.in_features // stride, rank, bias=False)
+        self.up = nn.Linear(rank, target_module.out_features, bias=False)
+        self.up.weight.data.fill_(0.0)
+        self.scaling = alpha / rank
+
+    def forward(self, x):
+        return self.pretrained_module(x) + self.up(self.down(self.down_scale(x))) * self.scaling
+
+
+@pytest.mark.parametrize("cls", [TutorialPoolLoRA, "sb_lora", "sb_houlsby"])
+def test_user_and_speechbrain_classes_work_and_their_base_is_frozen(cls, tmp_path):
+    from speechbrain.nnet import adapters as sb_adapters
+
+    cls, kwargs = {
+        "sb_lora": (sb_adapters.LoRA, {"rank": 2}),
+        "sb_houlsby": (sb_adapters.HoulsbyAdapterLinear, {"projection_size": 2}),
+    }.get(cls, (cls, {"rank": 2}))
+
+    def make() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
+
+    model = AdaptedModel(make(), cls, all_linear=True, adapter_kwargs=kwargs)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and not any("pretrained" in n for n in trainable), trainable
+    model(torch.randn(3, 8)).sum().backward()
+    model.save_adapter(str(tmp_path / "a.safetensors"))
+    fresh = AdaptedModel(make(), cls, all_linear=True, adapter_kwargs=kwargs)
+    fresh.load_adapter(str(tmp_path / "a.safetensors"))
+    for key, value in model.adapter_state_dict().items():
+        assert torch.equal(fresh.adapter_state_dict()[key], value), key
+
+
+YAML_ADAPTERS = {
+    "LoRA": "rank: !ref <rank>",
+    "PoolLoRA": "rank: !ref <rank>\n        stride: 2",
+    "DoRA": "rank: !ref <rank>",
+    "Houlsby": "projection_size: !ref <rank>",
+    "peft_adapter": "method: lora\n        r: !ref <rank>",
+}
+
+
+@pytest.mark.parametrize("name", YAML_ADAPTERS)
+def test_every_adapter_builds_from_yaml_with_a_cli_override(name):
+    if name == "peft_adapter":
+        pytest.importorskip("peft")
+    yaml = f"""
+rank: 8
+model: !new:torch.nn.Sequential
+    - !new:torch.nn.Linear [16, 32]
+adapted: !new:adapters.AdaptedModel
+    model_to_adapt: !ref <model>
+    adapter_class: !name:adapters.{name}
+    all_linear: True
+    adapter_kwargs:
+        {YAML_ADAPTERS[name]}
+"""
+    counts = [
+        load_hyperpyyaml(yaml, overrides)["adapted"].num_trainable_parameters()
+        for overrides in ({}, {"rank": 4})
+    ]
+    assert counts[0] > counts[1] > 0
