@@ -16,6 +16,8 @@ import copy
 import difflib
 import inspect
 import logging
+import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from fnmatch import fnmatch
 from typing import Any
@@ -245,7 +247,7 @@ class AdaptedModel(nn.Module):
         # The state every new named adapter starts from: adapters at their
         # (identity) initialisation, unfrozen layers and statistics pretrained.
         self._initial_state = self._snapshot()
-        logger.info(self.summary())
+        logger.info(self.summary(layers=True))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Call the adapted model."""
@@ -415,15 +417,40 @@ class AdaptedModel(nn.Module):
         """Number of parameters, adapters included."""
         return sum(p.numel() for p in self.parameters())
 
-    def summary(self) -> str:
-        """A short human-readable account of what is adapted and trained."""
+    def summary(self, layers: bool = False) -> str:
+        """A human-readable account of what is adapted and trained.
+
+        Arguments
+        ---------
+        layers : bool
+            Also list the adapted and unfrozen layers, with layer indices
+            folded into ``*`` and a count per pattern.
+
+        Example
+        -------
+        >>> from adapters import LoRA
+        >>> net = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(3)])
+        >>> print(AdaptedModel(net, LoRA, all_linear=True, unfrozen_layers=["2"],
+        ...                    adapter_kwargs={"rank": 1}).summary(layers=True))
+        LoRA on 2 layers, 1 unfrozen layers; trainable parameters 36 of 76 (47.37%)
+          adapted   * (x2)
+          unfrozen  *
+        """
         trainable, total = self.num_trainable_parameters(), self.num_parameters()
         cls = getattr(self.adapter_class, "__name__", str(self.adapter_class))
-        return (
+        text = (
             f"{cls} on {len(self.adapted_layers)} layers, {len(self.unfrozen_layers)} unfrozen "
             f"layers; trainable parameters {trainable:,} of {total:,} "
             f"({100.0 * trainable / max(total, 1):.2f}%)"
         )
+        if not layers:
+            return text
+        lines = [text]
+        for kind, names in (("adapted", self.adapted_layers), ("unfrozen", self.unfrozen_layers)):
+            folded = Counter(re.sub(r"(?<![^.])\d+(?![^.])", "*", name) for name in names)
+            for pattern, count in folded.items():
+                lines.append(f"  {kind:<9} {pattern}" + (f" (x{count})" if count > 1 else ""))
+        return "\n".join(lines)
 
     # ----------------------------------------------------------- checkpoints
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
