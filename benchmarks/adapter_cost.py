@@ -11,9 +11,11 @@ filterbanks of a fixed shape, so no data is needed.
     python benchmarks/adapter_cost.py --quick                 # ~3 min, 3.1M model
     python benchmarks/adapter_cost.py --size 20m --repeats 5  # the anchor model
 
-Pin the allocator when reporting memory: ``MALLOC_MMAP_THRESHOLD_=65536``
-(glibc keeps freed memory otherwise, and peak RSS then says little); the
-script sets it for its workers.
+Timing runs with glibc's default allocator; memory is read afterwards with
+the allocator pinned (``mallopt(M_MMAP_THRESHOLD, 65536)``, what
+``MALLOC_MMAP_THRESHOLD_=65536`` does): glibc keeps freed memory otherwise,
+and peak RSS then says little. Pinning it for the timing too made every step
+about 3x slower here (each large tensor becomes an mmap).
 
 Authors
  * speech-adapters contributors 2026
@@ -22,6 +24,7 @@ Authors
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import statistics
@@ -143,23 +146,36 @@ def worker(method: str, size: str, batch: int, frames: int, steps: int, rank: in
 
     model.train()
     step()  # warm-up: allocations, optimizer state
-    _reset_rss_peak()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
+
+    # Memory, after timing: glibc's default allocator keeps freed memory, so
+    # pin it (as MALLOC_MMAP_THRESHOLD_=65536 would), give back what it holds,
+    # and read the peak over two more steps.
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 65536)  # M_MMAP_THRESHOLD
+    libc.malloc_trim(0)
+    _reset_rss_peak()
+    for _ in range(2):
+        step()
     peak = _rss_peak_kib()
 
-    saved = 0
+    # Bytes autograd keeps for backward: distinct storages, parameters excluded.
+    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+    storages: dict[int, int] = {}
 
-    def pack(tensor):
-        nonlocal saved
-        saved += tensor.numel() * tensor.element_size()
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in param_ptrs:
+            storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(feats, lengths).sum()
+    saved = sum(storages.values())
 
     model.eval()
 
@@ -310,8 +326,7 @@ def main() -> None:
         raise SystemExit(f"Unknown methods {unknown}; choose from {', '.join(METHODS)}.")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONWARNINGS": "ignore",
-           "OMP_NUM_THREADS": str(args.threads)}  # fmt: skip
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(args.threads)}
     rows, total, started = [], args.repeats * len(methods), time.time()
     for rep in range(args.repeats):
         order = methods[rep % len(methods) :] + methods[: rep % len(methods)]  # interleave
