@@ -1,0 +1,54 @@
+"""The cost benchmark runs end to end on a tiny model and computes its ratios right."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import adapter_cost
+
+
+def test_summary_takes_medians_and_ratios_to_full_finetuning():
+    rows = [
+        {"method": "full", "trainable": 10, "total": 10, "step_s": s, "peak_rss_mib": 100.0,
+         "saved_mib": 8.0, "infer_s": 1.0, "full_file_bytes": 1000}
+        for s in (1.0, 2.0, 9.0)
+    ] + [
+        {"method": "lora", "trainable": 1, "total": 11, "step_s": s, "peak_rss_mib": 80.0,
+         "saved_mib": 4.0, "infer_s": 1.5, "infer_merged_s": 1.0, "full_file_bytes": 1000,
+         "adapter_file_bytes": 20}
+        for s in (0.5, 1.0, 1.5)
+    ]  # fmt: skip
+    table = {t["method"]: t for t in adapter_cost.summarise(rows, ["full", "lora"])}
+    assert table["full"]["step_s"] == 2.0 and table["full"]["step_ratio"] == 1.0
+    lora = table["lora"]
+    assert lora["step_ratio"] == 0.5 and lora["rss_ratio"] == 0.8 and lora["saved_ratio"] == 0.5
+    assert lora["infer_ratio"] == 1.5 and lora["infer_merged_ratio"] == 1.0
+    assert lora["file_ratio"] == 0.02
+    assert "| lora (" in adapter_cost.markdown(list(table.values()))
+
+
+@pytest.mark.parametrize("methods", ["full,lora,houlsby,sb_lora"])
+def test_tiny_run_writes_every_method_and_figure(tmp_path, methods):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "adapter_cost.py"), "--size", "tiny",
+           "--methods", methods, "--repeats", "1", "--steps", "1", "--frames", "100",
+           "--batch", "2", "--out", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    data = json.loads((tmp_path / "cost_tiny.json").read_text())
+    assert [t["method"] for t in data["summary"]] == methods.split(",")
+    for entry in data["summary"]:
+        for key in ("trainable", "total", "step_s", "peak_rss_mib", "saved_mib", "infer_s",
+                    "step_ratio", "rss_ratio", "infer_ratio"):  # fmt: skip
+            assert entry[key] > 0, (entry["method"], key)
+    lora = next(t for t in data["summary"] if t["method"] == "lora")
+    assert "infer_merged_ratio" in lora and 0 < lora["file_ratio"] < 1
+    assert (tmp_path / "cost_tiny.md").read_text().count("\n") == 2 + len(methods.split(","))
+    assert (tmp_path / "cost_tiny.png").stat().st_size > 0
