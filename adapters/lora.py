@@ -44,7 +44,15 @@ class _MergedLoRALinear(torch.autograd.Function):
         ctx.save_for_backward(x, weight, lora_a, lora_b)
         ctx.scaling = scaling
         ctx.has_bias = bias is not None
-        return F.linear(x, merged, bias)
+        # Write into a fresh tensor: an output that is a view would forbid the
+        # in-place ops that SpeechBrain applies to layer outputs (masked_fill_).
+        out = x.new_empty(*x.shape[:-1], merged.shape[0])
+        flat_in, flat_out = x.reshape(-1, x.shape[-1]), out.view(-1, merged.shape[0])
+        if bias is None:
+            torch.mm(flat_in, merged.t(), out=flat_out)
+        else:
+            torch.addmm(bias, flat_in, merged.t(), out=flat_out)
+        return out
 
     @staticmethod
     def backward(ctx, grad):

@@ -15,7 +15,7 @@ Timing runs with glibc's default allocator; memory is read afterwards with
 the allocator pinned (``mallopt(M_MMAP_THRESHOLD, 65536)``, what
 ``MALLOC_MMAP_THRESHOLD_=65536`` does): glibc keeps freed memory otherwise,
 and peak RSS then says little. Pinning it for the timing too made every step
-about 3x slower here (each large tensor becomes an mmap).
+about 1.7x slower here (each large tensor becomes an mmap).
 
 Authors
  * speech-adapters contributors 2026

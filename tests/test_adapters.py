@@ -477,3 +477,11 @@ adapted: !new:adapters.AdaptedModel
         for overrides in ({}, {"rank": 4})
     ]
     assert counts[0] > counts[1] > 0
+
+
+def test_fused_lora_output_accepts_in_place_ops_in_eval_mode_with_grad():
+    layer = LoRA(nn.Linear(8, 8), rank=2).eval()
+    out = layer(torch.randn(2, 5, 8))
+    out.masked_fill_(torch.zeros(2, 5, 1, dtype=torch.bool), 0.0)  # as SpeechBrain's Conformer does
+    out.sum().backward()
+    assert layer.lora_B.grad is not None
