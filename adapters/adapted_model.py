@@ -64,6 +64,15 @@ def _parameter_targets(model: nn.Module) -> dict[str, tuple[str, str, slice]]:
     return targets
 
 
+def _check_mergeable(name: str, adapter: nn.Module) -> None:
+    """Raise ``TypeError`` unless ``adapter`` can fold into its base weights.
+
+    Our adapters say so with ``mergeable``; foreign ones (PEFT) by having ``merge``.
+    """
+    if not getattr(adapter, "mergeable", callable(getattr(adapter, "merge", None))):
+        raise TypeError(f"Adapter at {name} ({type(adapter).__name__}) cannot be merged.")
+
+
 def _check_patterns(kind: str, patterns: Sequence[str], names: Sequence[str]) -> None:
     """Raise ``ValueError`` for every pattern that matches no layer name."""
     for pattern in patterns:
@@ -279,8 +288,7 @@ class AdaptedModel(nn.Module):
         """Fold every adapter into its base weights (all must be mergeable)."""
         adapters = self.adapters()
         for name, adapter in adapters.items():
-            if not getattr(adapter, "mergeable", callable(getattr(adapter, "merge", None))):
-                raise TypeError(f"Adapter at {name} ({type(adapter).__name__}) cannot be merged.")
+            _check_mergeable(name, adapter)
         for name, adapter in adapters.items():
             if not isinstance(adapter, Adapter) and name not in self._foreign_backup:
                 # Foreign (e.g. PEFT) adapters unmerge by subtraction; keep the exact base.
@@ -327,8 +335,7 @@ class AdaptedModel(nn.Module):
             else:
                 adapter = model.get_submodule(name)
                 replace = getattr(adapter, "base_layer", None)
-            if not getattr(adapter, "mergeable", callable(getattr(adapter, "merge", None))):
-                raise TypeError(f"Adapter at {name} ({type(adapter).__name__}) cannot be merged.")
+            _check_mergeable(name, adapter)
             adapter.merge()
             if replace is not None:
                 parent, _, child = name.rpartition(".")

@@ -110,26 +110,30 @@ def test_full_finetuning_trains_everything(runs):
     assert summary["before"] == lora["before"]  # same base, same test sets
 
 
-def test_missing_base_checkpoint_says_what_to_run(runs, tmp_path):
+def run_failing(*args: str) -> str:
+    """Run a recipe command that must fail; return what it printed."""
     result = subprocess.run(
-        [sys.executable, str(TRAIN), "hparams/lora_asr.yaml", *TINY,
-         f"--data_folder={runs['tmp'] / 'corpus'}", f"--output_folder={tmp_path / 'x'}",
-         f"--base_checkpoint={tmp_path / 'nope.ckpt'}"],
+        [sys.executable, str(TRAIN), *args],
         check=False, cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode != 0
-    assert "hparams/pretrain_asr.yaml" in result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def test_missing_base_checkpoint_says_what_to_run(runs, tmp_path):
+    out = run_failing(
+        "hparams/lora_asr.yaml", *TINY, f"--data_folder={runs['tmp'] / 'corpus'}",
+        f"--output_folder={tmp_path / 'x'}", f"--base_checkpoint={tmp_path / 'nope.ckpt'}",
+    )  # fmt: skip
+    assert "hparams/pretrain_asr.yaml" in out
 
 
 def test_missing_manifest_is_reported(runs, tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(TRAIN), "hparams/lora_asr.yaml", *TINY, "--prepare_corpus=False",
-         f"--data_folder={tmp_path}", f"--output_folder={tmp_path / 'x'}",
-         f"--base_checkpoint={runs['base']}"],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=300,
+    out = run_failing(
+        "hparams/lora_asr.yaml", *TINY, "--prepare_corpus=False", f"--data_folder={tmp_path}",
+        f"--output_folder={tmp_path / 'x'}", f"--base_checkpoint={runs['base']}",
     )  # fmt: skip
-    assert result.returncode != 0
-    assert "noisy_train.csv does not exist" in result.stdout + result.stderr
+    assert "noisy_train.csv does not exist" in out
 
 
 def test_two_process_torchrun(runs):
