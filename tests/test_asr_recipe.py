@@ -198,3 +198,26 @@ def test_bring_your_own_manifests(runs, tmp_path):
     assert set(summary["after"]) == {"target", "source"}
     assert "voices-test-" in (out / "wer_target.txt").read_text()
     assert "voices-valid-" in (out / "wer_source.txt").read_text()
+
+
+def test_only_adapter_parameters_changed(runs):
+    """The trained run's frozen weights equal the base checkpoint, bit for bit.
+
+    The adapter file fingerprints the frozen weights it was trained on; loading it onto the
+    base checkpoint succeeds only if those weights are exactly the base's.
+    """
+    from hyperpyyaml import load_hyperpyyaml
+
+    overrides = "\n".join(arg[2:].replace("=", ": ", 1) for arg in TINY)
+    with open(ROOT / "hparams" / "lora_asr.yaml") as handle:
+        hparams = load_hyperpyyaml(handle, f"{overrides}\nrank: 4\nprepare_corpus: False")
+    base = torch.load(runs["base"], weights_only=True)
+    hparams["model"].load_state_dict(base)
+    buffers = {name for name, _ in hparams["model"].named_buffers()}
+    adapted = hparams["adapted_model"]
+    adapted.insert_adapters()
+    adapted.load_adapter(str(runs["tmp"] / "lora" / "adapter.safetensors"))
+    frozen = adapted.base_state()
+    assert frozen and all(torch.equal(frozen[k], base[k]) for k in frozen)
+    # every base parameter is compared, except the trained head
+    assert set(base) - set(frozen) - buffers == {k for k in base if k.startswith("head.")}
