@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The two entry points of the project.
 #
-#   bash run.sh          main job: set up, generate the corpus, pretrain the base model (once),
-#                        adapt it with LoRA and with full fine-tuning, print the results table
+#   bash run.sh          main job: set up, convert the packaged Whisper tiny.en, generate the
+#                        corpus, adapt Whisper with LoRA and with full fine-tuning (each
+#                        evaluated before and after), print the results table
 #   bash run.sh tests    the test suite (what CI runs)
+#   bash run.sh asr      the second job: pretrain a small Conformer CTC on the corpus (once),
+#                        adapt it with LoRA and with full fine-tuning, print its table
 #
-# Extra arguments after `main` go to both adaptation runs, e.g.
+# Extra arguments after `main` or `asr` go to both adaptation runs, e.g.
 #   bash run.sh main --target voices --rank 16
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -14,14 +17,21 @@ VENV=${VENV:-.venv}
 PY="$VENV/bin/python"
 
 setup() {
-    # System data: WordNet's example sentences are the corpus transcripts.
-    if [ ! -f /usr/share/wordnet/data.noun ]; then
+    # System data: WordNet's example sentences are the corpus transcripts (required);
+    # Asterisk's recorded English prompts are real speech for evaluation (optional).
+    local missing=()
+    [ -f /usr/share/wordnet/data.noun ] || missing+=(wordnet-base)
+    [ -d /usr/share/asterisk/sounds/en_US_f_Allison ] || missing+=(asterisk-core-sounds-en-wav)
+    [ -f /usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz ] || missing+=(asterisk-core-sounds-en)
+    if [ ${#missing[@]} -gt 0 ]; then
         if [ "$(id -u)" = 0 ]; then
-            echo "[setup] installing Debian's wordnet-base (corpus transcripts)"
-            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base >/dev/null
-        else
+            echo "[setup] installing Debian packages: ${missing[*]}"
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        elif [ ! -f /usr/share/wordnet/data.noun ]; then
             echo "WordNet is missing: run 'sudo apt-get install wordnet-base' (Debian/Ubuntu), then retry." >&2
             exit 1
+        else
+            echo "[setup] note: 'sudo apt-get install ${missing[*]}' adds real recorded speech to the evaluation"
         fi
     fi
     # Python environment, reinstalled only when pyproject.toml changes.
@@ -37,23 +47,36 @@ setup() {
 
 main_job() {
     local start=$SECONDS
+    echo "[main] converting the packaged Whisper tiny.en (once)"
+    "$PY" -m recipes.whisper.convert --output pretrained/whisper-tiny.en
+    echo "[main] adapting Whisper with LoRA (evaluating before and after)"
+    "$PY" recipes/whisper/train.py hparams/lora_whisper.yaml "$@"
+    echo "[main] full fine-tuning, for comparison"
+    "$PY" recipes/whisper/train.py hparams/full_whisper.yaml "$@"
+    "$PY" recipes/report.py results/whisper
+    echo "[main] done in $((SECONDS - start)) s"
+}
+
+asr_job() {
+    local start=$SECONDS
     if [ ! -f results/pretrain_asr/base_model.ckpt ]; then
-        echo "[main] pretraining the base model on the source domain"
+        echo "[asr] pretraining the base model on the source domain"
         "$PY" recipes/asr/train.py hparams/pretrain_asr.yaml
     else
-        echo "[main] base model found: results/pretrain_asr/base_model.ckpt"
+        echo "[asr] base model found: results/pretrain_asr/base_model.ckpt"
     fi
-    echo "[main] adapting with LoRA"
+    echo "[asr] adapting with LoRA"
     "$PY" recipes/asr/train.py hparams/lora_asr.yaml "$@"
-    echo "[main] full fine-tuning, for comparison"
+    echo "[asr] full fine-tuning, for comparison"
     "$PY" recipes/asr/train.py hparams/full_asr.yaml "$@"
-    "$PY" recipes/asr/report.py results
-    echo "[main] done in $((SECONDS - start)) s"
+    "$PY" recipes/report.py results/pretrain_asr results/lora_asr results/full_asr --sets target source
+    echo "[asr] done in $((SECONDS - start)) s"
 }
 
 setup
 case "${1:-main}" in
     main) shift || true; main_job "$@" ;;
+    asr) shift; asr_job "$@" ;;
     tests) shift; "$PY" -m pytest -q "$@" ;;
-    *) echo "usage: bash run.sh [main [overrides...] | tests [pytest args...]]" >&2; exit 2 ;;
+    *) echo "usage: bash run.sh [main [overrides...] | asr [overrides...] | tests [pytest args...]]" >&2; exit 2 ;;
 esac

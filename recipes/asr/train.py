@@ -20,26 +20,24 @@ Authors
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import speechbrain as sb
-import torch
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.distributed import run_on_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repository root
 
-from recipes.common import check_manifest, write_json
+from recipes.adaptation import AdaptationBrain, run_adaptation
+from recipes.common import check_manifest
 
 logger = logging.getLogger(__name__)
 
 
-class ASR(sb.Brain):
+class ASR(AdaptationBrain):
     """CTC training and evaluation with WER and CER."""
 
     def compute_forward(self, batch, stage):
@@ -63,70 +61,8 @@ class ASR(sb.Brain):
                 log_probs, wav_lens, blank_id=self.hparams.blank_index
             )
             words = ["".join(self.label_encoder.decode_ndim(h)).split() for h in hyps]
-            refs = [w.split() for w in batch.wrd]
-            self.wer_metric.append(batch.id, words, refs)
-            self.cer_metric.append(
-                batch.id, [list(" ".join(w)) for w in words], [list(" ".join(r)) for r in refs]
-            )
+            self.append_error_rates(batch.id, words, [w.split() for w in batch.wrd])
         return loss
-
-    def on_fit_batch_end(self, batch, outputs, loss, should_step):
-        """Step the learning-rate schedule once per update."""
-        if should_step:
-            self.hparams.lr_annealing(self.optimizer)
-
-    def init_optimizers(self):
-        """Optimise only what is trainable (the adapters, for adapted models)."""
-        params = [p for p in self.modules.parameters() if p.requires_grad]
-        self.optimizer = self.opt_class(params)
-        self.optimizers_dict = {"opt_class": self.optimizer}
-        if self.checkpointer is not None:
-            self.checkpointer.add_recoverable("optimizer", self.optimizer)
-
-    def on_stage_start(self, stage, epoch=None):
-        """Start the training clock, or fresh error-rate trackers."""
-        if stage == sb.Stage.TRAIN:
-            self.stage_start = time.perf_counter()
-        else:
-            self.wer_metric = self.hparams.error_rate_computer()
-            self.cer_metric = self.hparams.error_rate_computer()
-
-    def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Log, keep the best checkpoint by validation WER, record test figures."""
-        stats = {"loss": stage_loss}
-        if stage != sb.Stage.TRAIN:
-            stats["WER"] = self.wer_metric.summarize("error_rate")
-            stats["CER"] = self.cer_metric.summarize("error_rate")
-        if stage == sb.Stage.TRAIN:
-            self.train_stats = stats
-            self.train_seconds = getattr(self, "train_seconds", 0.0)
-            self.train_seconds += time.perf_counter() - self.stage_start
-        elif stage == sb.Stage.VALID:
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "lr": lr},
-                train_stats=self.train_stats,
-                valid_stats=stats,
-            )
-            self.checkpointer.save_and_keep_only(meta={"WER": stats["WER"]}, min_keys=["WER"])
-        else:
-            self.test_stats = stats
-            self.hparams.train_logger.log_stats(
-                stats_meta={"test set": self.test_name}, test_stats=stats
-            )
-            if if_main_process():
-                path = os.path.join(self.hparams.output_folder, f"wer_{self.test_name}.txt")
-                with open(path, "w") as handle:
-                    self.wer_metric.write_stats(handle)
-
-    def evaluate_sets(self, test_sets, min_key=None):
-        """Evaluate on each named test set; return ``{name: {"WER", "CER"}}``."""
-        results = {}
-        for name, dataset in test_sets.items():
-            self.test_name = name
-            self.evaluate(dataset, min_key=min_key, test_loader_kwargs=self.hparams.test_loader)
-            results[name] = {k: round(float(self.test_stats[k]), 2) for k in ("WER", "CER")}
-        return results
 
 
 def build_label_encoder(hparams):
@@ -188,12 +124,6 @@ def dataio_prepare(hparams, label_encoder):
     return train, valid, tests
 
 
-def count_parameters(model):
-    """(trainable, total) parameter counts."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-
 def main():
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
@@ -240,47 +170,7 @@ def main():
         checkpointer=hparams["checkpointer"],
     )
     asr.label_encoder = label_encoder
-    trainable, total = count_parameters(hparams["modules"]["model"])
-    summary = {
-        "method": hparams["method"],
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_pct": round(100.0 * trainable / total, 3),
-    }
-    if "adapted_model" in hparams:
-        summary["adapters"] = hparams["adapted_model"].summary()
-
-    before_path = os.path.join(hparams["output_folder"], "before.json")
-    if hparams.get("evaluate_before", False):
-        if os.path.isfile(before_path):  # resumed run: the model may be trained already
-            with open(before_path) as handle:
-                summary["before"] = json.load(handle)
-        else:
-            summary["before"] = asr.evaluate_sets(test_sets)
-            if if_main_process():
-                write_json(before_path, summary["before"])
-
-    asr.fit(
-        hparams["epoch_counter"],
-        train_set,
-        valid_set,
-        train_loader_kwargs=hparams["train_loader"],
-        valid_loader_kwargs=hparams["valid_loader"],
-    )
-    # Time spent in training epochs of this process (validation excluded).
-    summary["train_time_s"] = round(getattr(asr, "train_seconds", 0.0), 1)
-    summary["epochs"] = hparams["number_of_epochs"]
-    summary["after"] = asr.evaluate_sets(test_sets, min_key="WER")
-
-    if if_main_process():
-        if "export_base" in hparams:  # the best model, as a plain state dict
-            torch.save(hparams["model"].state_dict(), hparams["export_base"])
-        if "adapted_model" in hparams:
-            path = os.path.join(hparams["output_folder"], "adapter.safetensors")
-            hparams["adapted_model"].save_adapter(path)
-            summary["adapter_file_bytes"] = os.path.getsize(path)
-        write_json(os.path.join(hparams["output_folder"], "summary.json"), summary)
-    logger.info("Summary: %s", summary)
+    run_adaptation(asr, hparams, hparams["modules"]["model"], train_set, valid_set, test_sets)
 
 
 if __name__ == "__main__":
