@@ -78,7 +78,9 @@ def test_lora_summary_has_before_and_after_on_target_and_source(runs):
     assert 0 < summary["trainable_pct"] < 15
     for when in ("before", "after"):
         for domain in ("target", "source"):
-            assert set(summary[when][domain]) == {"WER", "CER"}
+            assert set(summary[when][domain]) == {"WER", "CER", "n"}
+    # the tiny corpus has 6 target and 8 source test utterances
+    assert summary["after"]["target"]["n"] == 6 and summary["after"]["source"]["n"] == 8
     assert summary["train_time_s"] > 0
     # per-utterance reports of both test sets, with their own utterances
     target = (runs["tmp"] / "lora" / "wer_target.txt").read_text()

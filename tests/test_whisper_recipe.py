@@ -157,3 +157,16 @@ def test_missing_source_folder_fails_clearly(tmp_path):
     assert result.returncode != 0
     assert f"Whisper source folder {tmp_path / 'nowhere'} does not exist" in result.stderr
     assert not (tmp_path / "corpus").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("method", ["poollora", "dora", "houlsby", "peft"])
+def test_every_adapter_yaml_adapts_whisper(runs, method):
+    """Each adapter of the library trains Whisper through its YAML and saves only itself."""
+    out = runs["tmp"] / method
+    run(str(TRAIN), f"hparams/{method}_whisper.yaml", *runs["common"], f"--output_folder={out}")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == method
+    assert 0 < summary["trainable_pct"] < 20
+    assert set(summary["after"]) == {"target", "source"}
+    size = (out / "adapter.safetensors").stat().st_size
+    assert size == summary["adapter_file_bytes"] > 0
