@@ -4,12 +4,16 @@
 Every configuration runs in its own process (so peak memory is its own), the
 configurations are interleaved over repeats (so machine noise cannot favour
 one), and the table reports medians and ratios to full fine-tuning measured
-in the same run. The model is the recipe's Conformer CTC, built from
-``hparams/pretrain_asr.yaml`` with size overrides; inputs are random
-filterbanks of a fixed shape, so no data is needed.
+in the same run. The models are the recipe's Conformer CTC, built from
+``hparams/pretrain_asr.yaml`` with size overrides (inputs: random filterbanks
+of a fixed shape), and Whisper through the Whisper recipe's model class: the
+packaged tiny.en (converted weights) or a randomly initialised Whisper of
+small's dimensions (inputs: random audio and tokens). No data is needed.
 
     python benchmarks/adapter_cost.py --quick                 # ~3 min, 3.1M model
     python benchmarks/adapter_cost.py --size 20m --repeats 5  # the anchor model
+    python benchmarks/adapter_cost.py --size whisper-tiny --window 10
+    python benchmarks/adapter_cost.py --size whisper-small --batch 2 --repeats 1
 
 Timing runs with glibc's default allocator; memory is read afterwards with
 the allocator pinned (``mallopt(M_MMAP_THRESHOLD, 65536)``, what
@@ -41,13 +45,18 @@ SIZES = {  # overrides of hparams/pretrain_asr.yaml
             "d_ffn": 1024, "output_neurons": 5000},
     "tiny": {"d_model": 32, "nhead": 2, "num_encoder_layers": 1, "d_ffn": 64},
 }  # fmt: skip
+WHISPER_SIZES = {  # size -> model source (recipes.whisper): packaged weights or a random preset
+    "whisper-tiny": "packaged",
+    "whisper-small": "small",
+    "whisper-test": "tiny-test",
+}
 METHODS = (
     "full", "head", "sb_lora", "peft_lora", "lora", "lora_all", "lora_attention",
     "poollora", "dora", "houlsby",
 )  # fmt: skip
 DESCRIPTIONS = {
     "full": "full fine-tuning",
-    "head": "frozen encoder, CTC head only",
+    "head": "frozen model, output layer only (CTC head; Whisper's final decoder norm)",
     "sb_lora": "SpeechBrain 1.1.2 LoRA r8, Linear modules",
     "peft_lora": "PEFT LoRA r8 (bridge), Linear modules",
     "lora": "ours LoRA r8, Linear modules",
@@ -76,28 +85,54 @@ def _reset_rss_peak() -> None:
         pass
 
 
-def _build(method: str, size: str, rank: int):
-    """The model with ``method`` applied, and the module that holds adapters."""
+CACHE = ROOT / "pretrained"  # converted and random Whisper folders (default of --cache)
+
+
+def _base_model(size: str, window: float, cache: Path = CACHE):
+    """The model to adapt, the names of its Linear layers, and the layers kept trainable."""
     import torch
     from hyperpyyaml import load_hyperpyyaml
+
+    if size in WHISPER_SIZES:
+        from recipes.whisper.convert import resolve_source
+        from recipes.whisper.model import WindowedWhisper
+        from recipes.whisper.random_init import save_random_whisper
+
+        preset = WHISPER_SIZES[size]
+        if preset == "packaged":
+            source = resolve_source("packaged", cache / "whisper-tiny.en")
+        else:
+            source = save_random_whisper(cache / f"random-whisper-{preset}", preset)
+        model = WindowedWhisper(
+            source, str(cache / "hub"), train_window_s=window, eval_window_s=window
+        )
+        head = "model.decoder.layer_norm"
+    else:
+        with open(ROOT / "hparams" / "pretrain_asr.yaml") as handle:
+            hparams = load_hyperpyyaml(handle, {"prepare_corpus": False, **SIZES[size]})
+        model, head = hparams["model"], "head"
+    linear = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name != head
+    ]
+    return model, linear, head
+
+
+def _build(method: str, size: str, rank: int, window: float, cache: Path = CACHE):
+    """The model with ``method`` applied, and the module that holds adapters."""
     from speechbrain.nnet import adapters as sb_adapters
 
     import adapters
 
-    with open(ROOT / "hparams" / "pretrain_asr.yaml") as handle:
-        hparams = load_hyperpyyaml(handle, {"prepare_corpus": False, **SIZES[size]})
-    model = hparams["model"]
-    linear = [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and name != "head"
-    ]
-    common = {"unfrozen_layers": ["head"]}
+    model, linear, head = _base_model(size, window, cache)
+    # The CTC head is trained in every method; Whisper's output layer is its (tied) embedding.
+    common = {"unfrozen_layers": [head] if head == "head" else []}
     if method == "full":
         return model, None
     if method == "head":
         for name, param in model.named_parameters():
-            param.requires_grad_(name.startswith("head."))
+            param.requires_grad_(name.startswith(head + "."))
         return model, None
     if method == "sb_lora":
         wrapped = sb_adapters.AdaptedModel(
@@ -114,32 +149,65 @@ def _build(method: str, size: str, rank: int):
         "houlsby": (adapters.Houlsby, linear, {"projection_size": 32}),
     }
     cls, targets, kwargs = choices[method]
+    if size in WHISPER_SIZES and method == "lora_all":  # Whisper's Q/K/V are Linear already
+        targets = linear
     wrapped = adapters.AdaptedModel(
         model, cls, target_layers=targets, adapter_kwargs=kwargs, **common
     )
     return wrapped, wrapped
 
 
-def worker(method: str, size: str, batch: int, frames: int, steps: int, rank: int) -> dict:
-    """Measure one configuration in this process; return its figures."""
+def _workload(model, size: str, batch: int, frames: int, window: float):
+    """``loss()`` of one training batch and ``infer()`` of one forward pass, random inputs."""
     import torch
 
-    sys.path.insert(0, str(ROOT))
-    torch.manual_seed(0)
-    model, adapted = _build(method, size, rank)
-    params = list(model.parameters())
-    trainable = [p for p in params if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=1e-4)
+    if size in WHISPER_SIZES:
+        wav = torch.randn(batch, int(window * 16000)) * 0.1
+        tokens = torch.randint(0, 50000, (batch, 25))
+
+        def loss() -> torch.Tensor:
+            _, logits, _ = model(wav, tokens[:, :-1])
+            return torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+
+        return loss, lambda: model(wav, tokens[:, :-1])
+
     feats = torch.randn(batch, frames, 80)
     lengths = torch.ones(batch)
     vocab = getattr(model, "adapted_model", model).head.out_features
     targets = torch.randint(1, vocab, (batch, frames // 20))
     target_lengths = torch.full((batch,), frames // 20)
 
-    def step() -> None:
+    def ctc() -> torch.Tensor:
         log_probs = model(feats, lengths).log_softmax(-1).transpose(0, 1)
         out_lengths = torch.full((batch,), log_probs.shape[0])
-        loss = torch.nn.functional.ctc_loss(log_probs, targets, out_lengths, target_lengths)
+        return torch.nn.functional.ctc_loss(log_probs, targets, out_lengths, target_lengths)
+
+    return ctc, lambda: model(feats, lengths)
+
+
+def worker(
+    method: str,
+    size: str,
+    batch: int,
+    frames: int,
+    steps: int,
+    rank: int,
+    window: float = 10.0,
+    cache: Path = CACHE,
+) -> dict:
+    """Measure one configuration in this process; return its figures."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    torch.manual_seed(0)
+    model, adapted = _build(method, size, rank, window, cache)
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=1e-4)
+    compute_loss, forward = _workload(model, size, batch, frames, window)
+
+    def step() -> None:
+        loss = compute_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -174,7 +242,7 @@ def worker(method: str, size: str, batch: int, frames: int, steps: int, rank: in
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(feats, lengths).sum()
+        compute_loss()
     saved = sum(storages.values())
 
     model.eval()
@@ -182,10 +250,10 @@ def worker(method: str, size: str, batch: int, frames: int, steps: int, rank: in
     def infer() -> list[float]:
         out = []
         with torch.no_grad():
-            model(feats, lengths)
+            forward()
             for _ in range(steps):
                 start = time.perf_counter()
-                model(feats, lengths)
+                forward()
                 out.append(time.perf_counter() - start)
         return out
 
@@ -297,16 +365,18 @@ def plot(table: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="asr")
+    parser.add_argument("--size", choices=sorted([*SIZES, *WHISPER_SIZES]), default="asr")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--frames", type=int, default=1000)
+    parser.add_argument("--frames", type=int, default=1000, help="Conformer input frames")
+    parser.add_argument("--window", type=float, default=10.0, help="Whisper input seconds")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="2 repeats, 3 steps, 500 frames")
     parser.add_argument("--out", default="results/benchmarks")
+    parser.add_argument("--cache", default=str(CACHE), help="folder of Whisper models")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
@@ -316,7 +386,16 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        result = worker(args.worker, args.size, args.batch, args.frames, args.steps, args.rank)
+        result = worker(
+            args.worker,
+            args.size,
+            args.batch,
+            args.frames,
+            args.steps,
+            args.rank,
+            args.window,
+            Path(args.cache),
+        )
         print("RESULT " + json.dumps(result))
         return
 
@@ -337,6 +416,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--worker", method, "--size", args.size,
                    "--batch", str(args.batch), "--frames", str(args.frames),
                    "--steps", str(args.steps), "--rank", str(args.rank),
+                   "--window", str(args.window), "--cache", args.cache,
                    "--threads", str(args.threads)]  # fmt: skip
             pressure = cpu_pressure()
             proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
@@ -346,6 +426,7 @@ def main() -> None:
             rows.append({**json.loads(line[0][7:]), "repeat": rep, "cpu_pressure": pressure})
     table = summarise(rows, methods)
     meta = {"size": args.size, "batch": args.batch, "frames": args.frames, "steps": args.steps,
+            "window_s": args.window if args.size in WHISPER_SIZES else None,
             "repeats": args.repeats, "threads": args.threads, "rank": args.rank,
             "cpus": os.cpu_count()}  # fmt: skip
     (out / f"cost_{args.size}.json").write_text(

@@ -52,3 +52,50 @@ def test_tiny_run_writes_every_method_and_figure(tmp_path, methods):
     assert "infer_merged_ratio" in lora and 0 < lora["file_ratio"] < 1
     assert (tmp_path / "cost_tiny.md").read_text().count("\n") == 2 + len(methods.split(","))
     assert (tmp_path / "cost_tiny.png").stat().st_size > 0
+
+
+def test_whisper_run_measures_adapters_on_a_random_whisper(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "adapter_cost.py"), "--size", "whisper-test",
+           "--methods", "full,head,lora,sb_lora", "--repeats", "1", "--steps", "1",
+           "--window", "1", "--batch", "2", "--out", str(tmp_path), "--cache", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    data = json.loads((tmp_path / "cost_whisper-test.json").read_text())
+    assert data["meta"]["window_s"] == 1.0
+    table = {t["method"]: t for t in data["summary"]}
+    assert set(table) == {"full", "head", "lora", "sb_lora"}
+    assert table["full"]["trainable"] == table["full"]["total"]
+    # LoRA r8 on every Linear of the 2+2-layer model, nothing else trainable
+    assert 0 < table["lora"]["trainable"] < 0.1 * table["lora"]["total"]
+    assert table["lora"]["trainable"] == table["sb_lora"]["trainable"]
+    assert table["head"]["trainable"] == 2 * 64  # the final decoder LayerNorm
+    assert table["lora"]["step_ratio"] > 0 and 0 < table["lora"]["file_ratio"] < 1
+
+
+def test_quality_sweep_runs_each_configuration_and_plots(tmp_path):
+    """full + a LoRA rank sweep on a tiny random Whisper: one summary per configuration."""
+    sys.path.insert(0, str(ROOT))
+    from recipes.whisper.random_init import save_random_whisper
+
+    source = save_random_whisper(tmp_path / "whisper")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "adapter_quality.py"), "--recipe", "whisper",
+           "--methods", "full,lora", "--ranks", "2,4", "--out", str(tmp_path / "out"), "--",
+           f"--whisper_source={source}", f"--data_folder={tmp_path / 'corpus'}",
+           f"--hub_cache={tmp_path / 'hub'}", "--corpus_size=tiny", "--real_speech=False",
+           "--train_utterances=4", "--valid_utterances=2", "--test_utterances=2",
+           "--batch_size=2", "--num_workers=0", "--train_window_s=1", "--eval_window_s=1"]  # fmt: skip
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    data = json.loads((tmp_path / "out" / "quality_whisper_noisy.json").read_text())
+    rows = {r["name"]: r for r in data["runs"]}
+    assert set(rows) == {"full", "lora_r2", "lora_r4"}
+    # rank 4 trains twice the LoRA parameters of rank 2, with alpha = 2 x rank
+    assert rows["lora_r4"]["trainable_params"] == 2 * rows["lora_r2"]["trainable_params"]
+    assert rows["full"]["trainable_pct"] == 100.0
+    assert rows["lora_r2"]["before"] == rows["full"]["before"]  # computed once, shared
+    table = (tmp_path / "out" / "quality_whisper_noisy.md").read_text()
+    assert table.count("\n") == 2 + 1 + 3  # header, rule, no adaptation, three runs
+    assert (tmp_path / "out" / "quality_whisper_noisy.png").stat().st_size > 0
+    # finished configurations are not run again
+    again = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
+    assert again.stdout.count("done already") == 3

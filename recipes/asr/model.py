@@ -32,11 +32,12 @@ class CTCModel(nn.Module):
 
     Example
     -------
-    >>> import speechbrain as sb
+    >>> from speechbrain.lobes.models.transformer.TransformerASR import TransformerASR
+    >>> from speechbrain.processing.features import InputNormalization
     >>> model = CTCModel(
-    ...     normalize=sb.processing.features.InputNormalization(norm_type="sentence"),
+    ...     normalize=InputNormalization(norm_type="sentence"),
     ...     frontend=torch.nn.Identity(),
-    ...     encoder=sb.lobes.models.transformer.TransformerASR.TransformerASR(
+    ...     encoder=TransformerASR(
     ...         tgt_vocab=5, input_size=20, d_model=16, nhead=2, num_encoder_layers=1,
     ...         num_decoder_layers=0, d_ffn=32, encoder_module="conformer",
     ...         attention_type="RelPosMHAXL", normalize_before=True, causal=False),
