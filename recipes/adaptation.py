@@ -1,7 +1,9 @@
 """What every recipe of the collection shares: the Brain's bookkeeping and the run.
 
-A recipe subclasses :class:`AdaptationBrain` with its own ``compute_forward``
-and ``compute_objectives`` (which append to ``self.wer_metric`` and
+A recipe starts with :func:`setup_experiment` (arguments, DDP, HyperPyYAML,
+experiment folder) and :func:`prepare_corpus_on_main`, subclasses
+:class:`AdaptationBrain` with its own ``compute_forward`` and
+``compute_objectives`` (which append to ``self.wer_metric`` and
 ``self.cer_metric`` outside training), builds its datasets, then calls
 :func:`run_adaptation`, which evaluates before training (adaptation runs),
 trains, evaluates after, saves the adapter and writes ``summary.json``.
@@ -20,11 +22,51 @@ from typing import Any
 
 import speechbrain as sb
 import torch
-from speechbrain.utils.distributed import if_main_process
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from recipes.common import write_json
 
 logger = logging.getLogger(__name__)
+
+
+def setup_experiment(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Parse ``train.py hparams.yaml --key value ...`` the SpeechBrain way.
+
+    Initialises DDP when launched by ``torchrun``, loads the YAML with the
+    command-line overrides and creates the experiment folder.
+
+    Returns
+    -------
+    hparams : dict
+        The loaded hyperparameters.
+    run_opts : dict
+        SpeechBrain's run options (device, distributed settings...).
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    with open(hparams_file) as handle:
+        hparams = load_hyperpyyaml(handle, overrides)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    return hparams, run_opts
+
+
+def prepare_corpus_on_main(hparams: dict[str, Any]) -> None:
+    """Generate the corpus (main process only) when ``prepare_corpus`` is set."""
+    if not hparams.get("prepare_corpus", False):
+        return
+    from recipes.corpus import prepare_corpus
+
+    kwargs = {
+        "data_folder": hparams["data_folder"],
+        "size": hparams["corpus_size"],
+        "seed": hparams["corpus_seed"],
+    }
+    run_on_main(prepare_corpus, kwargs=kwargs)
 
 
 class AdaptationBrain(sb.Brain):

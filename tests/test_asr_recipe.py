@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from recipe_runs import run
+from recipe_runs import run_failing as run_failing_command
 from safetensors import safe_open
 
 from adapters import read_adapter_metadata
@@ -28,22 +28,6 @@ TINY = [
     "--num_encoder_layers=2",
     "--d_ffn=256",
 ]
-
-
-def run(*args: str, cwd: Path = ROOT, launcher: tuple[str, ...] = (sys.executable,)) -> str:
-    """Run a recipe command, failing the test with its output if it fails."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(
-        [*launcher, *args],
-        check=False,
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result.stdout + result.stderr
 
 
 def sha256(path: Path) -> str:
@@ -113,13 +97,8 @@ def test_full_finetuning_trains_everything(runs):
 
 
 def run_failing(*args: str) -> str:
-    """Run a recipe command that must fail; return what it printed."""
-    result = subprocess.run(
-        [sys.executable, str(TRAIN), *args],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode != 0
-    return result.stdout + result.stderr
+    """Run the recipe with arguments that must make it fail; return what it printed."""
+    return run_failing_command(str(TRAIN), *args)
 
 
 def test_missing_base_checkpoint_says_what_to_run(runs, tmp_path):

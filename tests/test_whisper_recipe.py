@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from hyperpyyaml import load_hyperpyyaml
+from recipe_runs import run, run_failing
 
 from recipes.whisper.random_init import save_random_whisper
 
@@ -29,21 +28,6 @@ TINY = [
     "--eval_window_s=2.0",
     "--lr=0.01",
 ]
-
-
-def run(*args: str) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(
-        [sys.executable, *args],
-        check=False,
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -151,11 +135,8 @@ def test_missing_source_folder_fails_clearly(tmp_path):
         f"--data_folder={tmp_path / 'corpus'}",
         *TINY,
     ]
-    result = subprocess.run(
-        command, check=False, cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode != 0
-    assert f"Whisper source folder {tmp_path / 'nowhere'} does not exist" in result.stderr
+    output = run_failing(*command[1:])
+    assert f"Whisper source folder {tmp_path / 'nowhere'} does not exist" in output
     assert not (tmp_path / "corpus").exists()  # refused before any work
 
 

@@ -26,12 +26,16 @@ import sys
 from pathlib import Path
 
 import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repository root
 
-from recipes.adaptation import AdaptationBrain, run_adaptation
+from recipes.adaptation import (
+    AdaptationBrain,
+    prepare_corpus_on_main,
+    run_adaptation,
+    setup_experiment,
+)
 from recipes.common import check_manifest
 
 logger = logging.getLogger(__name__)
@@ -125,27 +129,8 @@ def dataio_prepare(hparams, label_encoder):
 
 
 def main():
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
-    sb.utils.distributed.ddp_init_group(run_opts)
-    with open(hparams_file) as handle:
-        hparams = load_hyperpyyaml(handle, overrides)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
-
-    if hparams.get("prepare_corpus", False):
-        from recipes.corpus import prepare_corpus
-
-        run_on_main(
-            prepare_corpus,
-            kwargs={
-                "data_folder": hparams["data_folder"],
-                "size": hparams["corpus_size"],
-                "seed": hparams["corpus_seed"],
-            },
-        )
+    hparams, run_opts = setup_experiment(sys.argv[1:])
+    prepare_corpus_on_main(hparams)
 
     label_encoder = build_label_encoder(hparams)
     train_set, valid_set, test_sets = dataio_prepare(hparams, label_encoder)

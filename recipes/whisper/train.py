@@ -30,12 +30,16 @@ import soundfile
 import speechbrain as sb
 import torch
 import torchaudio
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repository root
 
-from recipes.adaptation import AdaptationBrain, run_adaptation
+from recipes.adaptation import (
+    AdaptationBrain,
+    prepare_corpus_on_main,
+    run_adaptation,
+    setup_experiment,
+)
 from recipes.common import check_manifest
 from recipes.text_normalization import normalized_words
 
@@ -163,17 +167,7 @@ def dataio_prepare(hparams, tokenizer, real_sets: dict[str, str]):
 
 def prepare_data(hparams) -> dict[str, str]:
     """Generate the corpus and the real-speech manifests; return the real ones found."""
-    if hparams.get("prepare_corpus", False):
-        from recipes.corpus import prepare_corpus
-
-        run_on_main(
-            prepare_corpus,
-            kwargs={
-                "data_folder": hparams["data_folder"],
-                "size": hparams["corpus_size"],
-                "seed": hparams["corpus_seed"],
-            },
-        )
+    prepare_corpus_on_main(hparams)
     if not hparams.get("real_speech", False):
         return {}
     from recipes.corpus.real_speech import prepare_real_speech
@@ -188,15 +182,7 @@ def prepare_data(hparams) -> dict[str, str]:
 
 
 def main():
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
-    sb.utils.distributed.ddp_init_group(run_opts)
-    with open(hparams_file) as handle:
-        hparams = load_hyperpyyaml(handle, overrides)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
+    hparams, run_opts = setup_experiment(sys.argv[1:])
     real_sets = prepare_data(hparams)
 
     whisper = hparams["whisper"]
