@@ -157,13 +157,13 @@ def _build(method: str, size: str, rank: int, window: float, cache: Path = CACHE
     return wrapped, wrapped
 
 
-def _workload(model, size: str, batch: int, frames: int, window: float):
+def _workload(model, size: str, batch: int, frames: int, window: float, device: str = "cpu"):
     """``loss()`` of one training batch and ``infer()`` of one forward pass, random inputs."""
     import torch
 
     if size in WHISPER_SIZES:
-        wav = torch.randn(batch, int(window * 16000)) * 0.1
-        tokens = torch.randint(0, 50000, (batch, 25))
+        wav = torch.randn(batch, int(window * 16000), device=device) * 0.1
+        tokens = torch.randint(0, 50000, (batch, 25), device=device)
 
         def loss() -> torch.Tensor:
             _, logits, _ = model(wav, tokens[:, :-1])
@@ -171,15 +171,15 @@ def _workload(model, size: str, batch: int, frames: int, window: float):
 
         return loss, lambda: model(wav, tokens[:, :-1])
 
-    feats = torch.randn(batch, frames, 80)
-    lengths = torch.ones(batch)
+    feats = torch.randn(batch, frames, 80, device=device)
+    lengths = torch.ones(batch, device=device)
     vocab = getattr(model, "adapted_model", model).head.out_features
-    targets = torch.randint(1, vocab, (batch, frames // 20))
-    target_lengths = torch.full((batch,), frames // 20)
+    targets = torch.randint(1, vocab, (batch, frames // 20), device=device)
+    target_lengths = torch.full((batch,), frames // 20, device=device)
 
     def ctc() -> torch.Tensor:
         log_probs = model(feats, lengths).log_softmax(-1).transpose(0, 1)
-        out_lengths = torch.full((batch,), log_probs.shape[0])
+        out_lengths = torch.full((batch,), log_probs.shape[0], device=device)
         return torch.nn.functional.ctc_loss(log_probs, targets, out_lengths, target_lengths)
 
     return ctc, lambda: model(feats, lengths)
@@ -194,23 +194,32 @@ def worker(
     rank: int,
     window: float = 10.0,
     cache: Path = CACHE,
+    device: str = "cpu",
 ) -> dict:
-    """Measure one configuration in this process; return its figures."""
+    """Measure one configuration in this process; return its figures.
+
+    On ``cuda`` devices, timings are synchronised and the peak memory is also
+    read from ``torch.cuda.max_memory_allocated`` (``peak_cuda_mib``).
+    """
     import torch
 
     sys.path.insert(0, str(ROOT))
     torch.manual_seed(0)
     model, adapted = _build(method, size, rank, window, cache)
+    model.to(device)
+    cuda = torch.device(device).type == "cuda"
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=1e-4)
-    compute_loss, forward = _workload(model, size, batch, frames, window)
+    compute_loss, forward = _workload(model, size, batch, frames, window, device)
 
     def step() -> None:
         loss = compute_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if cuda:
+            torch.cuda.synchronize()
 
     model.train()
     step()  # warm-up: allocations, optimizer state
@@ -227,9 +236,12 @@ def worker(
     libc.mallopt(-3, 65536)  # M_MMAP_THRESHOLD
     libc.malloc_trim(0)
     _reset_rss_peak()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     for _ in range(2):
         step()
     peak = _rss_peak_kib()
+    peak_cuda = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
 
     # Bytes autograd keeps for backward: distinct storages, parameters excluded.
     param_ptrs = {p.untyped_storage().data_ptr() for p in params}
@@ -254,6 +266,8 @@ def worker(
             for _ in range(steps):
                 start = time.perf_counter()
                 forward()
+                if cuda:
+                    torch.cuda.synchronize()
                 out.append(time.perf_counter() - start)
         return out
 
@@ -266,6 +280,8 @@ def worker(
         "saved_mib": saved / 2**20,
         "infer_s": statistics.median(infer()),
     }
+    if peak_cuda is not None:
+        result["peak_cuda_mib"] = peak_cuda
     with tempfile.TemporaryDirectory() as tmp:
         full_path = os.path.join(tmp, "full.ckpt")
         torch.save(model.state_dict(), full_path)
@@ -306,6 +322,8 @@ def summarise(rows: list[dict], methods: list[str]) -> list[dict]:
         for t in table:
             t["step_ratio"] = t["step_s"] / full["step_s"]
             t["rss_ratio"] = t["peak_rss_mib"] / full["peak_rss_mib"]
+            if "peak_cuda_mib" in t and "peak_cuda_mib" in full:
+                t["cuda_ratio"] = t["peak_cuda_mib"] / full["peak_cuda_mib"]
             t["saved_ratio"] = t["saved_mib"] / full["saved_mib"]
             t["infer_ratio"] = t["infer_s"] / full["infer_s"]
             if "infer_merged_s" in t:
@@ -323,7 +341,7 @@ def markdown(table: list[dict]) -> str:
 
     lines = [
         (
-            "| method | trainable | step (s) | step vs full | peak RSS vs full | saved activations "
+            "| method | trainable | step (s) | step vs full | peak memory vs full | saved activations "
             "vs full | inference unmerged | inference merged | adapter file vs full |"
         ),
         "|---|---|---|---|---|---|---|---|---|",
@@ -333,7 +351,8 @@ def markdown(table: list[dict]) -> str:
         file = f"{100 * t['file_ratio']:.2f}%" if "file_ratio" in t else "-"
         lines.append(
             f"| {t['method']} ({DESCRIPTIONS[t['method']]}) | {t['trainable']:,.0f} ({pct:.2f}%) "
-            f"| {t['step_s']:.3f} | {ratio(t, 'step_ratio')} | {ratio(t, 'rss_ratio')} "
+            f"| {t['step_s']:.3f} | {ratio(t, 'step_ratio')} "
+            f"| {ratio(t, 'cuda_ratio' if 'cuda_ratio' in t else 'rss_ratio')} "
             f"| {ratio(t, 'saved_ratio')} | {ratio(t, 'infer_ratio')} "
             f"| {ratio(t, 'infer_merged_ratio')} | {file} |"
         )
@@ -374,6 +393,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=10.0, help="Whisper input seconds")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda when a GPU is present")
     parser.add_argument("--quick", action="store_true", help="2 repeats, 3 steps, 500 frames")
     parser.add_argument("--out", default="results/benchmarks")
     parser.add_argument("--cache", default=str(CACHE), help="folder of Whisper models")
@@ -395,6 +415,7 @@ def main() -> None:
             args.rank,
             args.window,
             Path(args.cache),
+            args.device,
         )
         print("RESULT " + json.dumps(result))
         return
@@ -417,6 +438,7 @@ def main() -> None:
                    "--batch", str(args.batch), "--frames", str(args.frames),
                    "--steps", str(args.steps), "--rank", str(args.rank),
                    "--window", str(args.window), "--cache", args.cache,
+                   "--device", args.device,
                    "--threads", str(args.threads)]  # fmt: skip
             pressure = cpu_pressure()
             proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
@@ -427,6 +449,7 @@ def main() -> None:
     table = summarise(rows, methods)
     meta = {"size": args.size, "batch": args.batch, "frames": args.frames, "steps": args.steps,
             "window_s": args.window if args.size in WHISPER_SIZES else None,
+            "device": args.device,
             "repeats": args.repeats, "threads": args.threads, "rank": args.rank,
             "cpus": os.cpu_count()}  # fmt: skip
     (out / f"cost_{args.size}.json").write_text(

@@ -99,3 +99,15 @@ def test_quality_sweep_runs_each_configuration_and_plots(tmp_path):
     # finished configurations are not run again
     again = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
     assert again.stdout.count("done already") == 3
+
+
+def test_gpu_rows_report_cuda_memory_ratios():
+    rows = [
+        {"method": "full", "trainable": 10, "total": 10, "step_s": 1.0, "peak_rss_mib": 900.0,
+         "peak_cuda_mib": 400.0, "saved_mib": 8.0, "infer_s": 1.0, "full_file_bytes": 1000},
+        {"method": "lora", "trainable": 1, "total": 11, "step_s": 0.5, "peak_rss_mib": 900.0,
+         "peak_cuda_mib": 100.0, "saved_mib": 4.0, "infer_s": 1.0, "full_file_bytes": 1000},
+    ]  # fmt: skip
+    table = adapter_cost.summarise(rows, ["full", "lora"])
+    assert table[1]["cuda_ratio"] == 0.25 and table[1]["rss_ratio"] == 1.0
+    assert "| 0.25x |" in adapter_cost.markdown(table).splitlines()[-1]  # device memory shown
