@@ -29,20 +29,24 @@ from adapters.base import CONV_TYPES, LINEAR_TYPES, Adapter
 _INITS = ("kaiming", "gaussian")
 
 
-class _MergedLoRALinear(torch.autograd.Function):
-    """``x (W + s B A)^T + b`` in one matmul, with rank-r gradients.
+class _FusedLoRALinear(torch.autograd.Function):
+    """``x (W + s B A P)^T + b`` in one matmul, with rank-r gradients.
 
-    The forward multiplies by the merged weight (one pass over the input
-    instead of three); the backward gets ``dx`` from the merged weight and the
-    gradients of ``A`` and ``B`` from rank-r products, never forming the full
-    weight gradient that a frozen ``W`` does not need. Only ``x`` is saved.
+    ``P`` is the adapter's fixed map from the layer input to the input of
+    ``A`` (the identity for LoRA, feature pooling for PoolLoRA): ``down``
+    applies it to activations and ``expand`` turns ``A`` into ``A P``. The
+    forward multiplies by the merged weight (one pass over the input instead of
+    three); the backward gets ``dx`` from the merged weight and the gradients
+    of ``A`` and ``B`` from rank-r products, never forming the full weight
+    gradient that a frozen ``W`` does not need. Only ``down(x)`` is saved: the
+    input itself for LoRA, a ``stride`` times smaller tensor for PoolLoRA.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling):
-        merged = torch.addmm(weight, lora_b, lora_a, alpha=scaling)
-        ctx.save_for_backward(x, weight, lora_a, lora_b)
-        ctx.scaling = scaling
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, down, expand):
+        merged = torch.addmm(weight, lora_b, expand(lora_a), alpha=scaling)
+        ctx.save_for_backward(down(x), weight, lora_a, lora_b)
+        ctx.scaling, ctx.expand = scaling, expand
         ctx.has_bias = bias is not None
         # Write into a fresh tensor: an output that is a view would forbid the
         # in-place ops that SpeechBrain applies to layer outputs (masked_fill_).
@@ -56,18 +60,23 @@ class _MergedLoRALinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight, lora_a, lora_b = ctx.saved_tensors
+        h, weight, lora_a, lora_b = ctx.saved_tensors
         s = ctx.scaling
         g = grad.reshape(-1, grad.shape[-1])
-        x2 = x.reshape(-1, x.shape[-1])
+        h2 = h.reshape(-1, h.shape[-1])
         grad_x = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = (g @ torch.addmm(weight, lora_b, lora_a, alpha=s)).view_as(x)
+            merged = torch.addmm(weight, lora_b, ctx.expand(lora_a), alpha=s)
+            grad_x = (g @ merged).view(*grad.shape[:-1], weight.shape[1])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = g.sum(0)
-        grad_b = (g.t() @ (x2 @ lora_a.t())).mul_(s)
-        grad_a = ((g @ lora_b).t() @ x2).mul_(s)
-        return grad_x, None, grad_bias, grad_a, grad_b, None
+        grad_b = (g.t() @ (h2 @ lora_a.t())).mul_(s)
+        grad_a = ((g @ lora_b).t() @ h2).mul_(s)
+        return grad_x, None, grad_bias, grad_a, grad_b, None, None, None
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 class LoRA(Adapter):
@@ -152,7 +161,7 @@ class LoRA(Adapter):
         else:
             nn.init.normal_(self.lora_A, std=1.0 / rank)
 
-    # Hooks for variants that transform the input of the down projection.
+    # Hooks for variants that map the input before the down projection.
     def _down_features(self, in_features: int) -> int:
         """Input size of ``A`` (the layer's input size here)."""
         return in_features
@@ -161,9 +170,12 @@ class LoRA(Adapter):
         """What ``A`` is applied to (the layer's input here)."""
         return x
 
-    def _full_A(self) -> torch.Tensor:
+    def _expand_A(self, lora_a: torch.Tensor) -> torch.Tensor:
         """``A`` as a map from the layer's input (``A`` itself here)."""
-        return self.lora_A
+        return lora_a
+
+    def _full_A(self) -> torch.Tensor:
+        return self._expand_A(self.lora_A)
 
     def lowrank_delta(self) -> torch.Tensor:
         """Return ``s * B @ A`` in the shape of the base weight.
@@ -193,20 +205,31 @@ class LoRA(Adapter):
         return self.scaling * update
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Base output plus the scaled low-rank branch."""
+        """Base output plus the scaled low-rank branch.
+
+        A frozen Linear base without dropout (the usual case) takes the fused
+        path: one matmul by the merged weight; in inference (no gradient
+        needed) that is all, so unmerged inference costs the base's matmul
+        plus forming ``W + s B A`` once per call.
+        """
         layer = self.base_layer
         if self.merged:
             return layer(x)
-        fusable = (
-            type(self)._down_input is LoRA._down_input
+        if (
+            isinstance(layer, LINEAR_TYPES)
             and isinstance(self.dropout, nn.Identity)
-            and isinstance(layer, LINEAR_TYPES)
             and not layer.weight.requires_grad
-        )
-        if fusable:
-            return _MergedLoRALinear.apply(
-                x, layer.weight, layer.bias, self.lora_A, self.lora_B, self.scaling
-            )
+        ):
+            if not torch.is_grad_enabled() or not (
+                x.requires_grad or self.lora_A.requires_grad or self.lora_B.requires_grad
+            ):
+                merged = torch.addmm(layer.weight, self.lora_B, self._full_A(), alpha=self.scaling)
+                return F.linear(x, merged, layer.bias)
+            down = _identity if type(self)._down_input is LoRA._down_input else self._down_input
+            return _FusedLoRALinear.apply(
+                x, layer.weight, layer.bias, self.lora_A, self.lora_B, self.scaling,
+                down, self._expand_A,
+            )  # fmt: skip
         return layer(x) + self.lowrank_branch(x)
 
     def extra_repr(self) -> str:

@@ -105,9 +105,9 @@ class PoolLoRA(LoRA):
         dim = -1 if isinstance(self.base_layer, LINEAR_TYPES) else 1
         return pool_features(x, self.stride, dim)
 
-    def _full_A(self) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (self.lora_A.dim() - 2)
-        return self.lora_A[:, self._group] * self._inverse_count.view(shape)
+    def _expand_A(self, lora_a: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (lora_a.dim() - 2)
+        return lora_a[:, self._group] * self._inverse_count.view(shape)
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, {super().extra_repr()}"

@@ -258,19 +258,6 @@ def worker(
     saved = sum(storages.values())
 
     model.eval()
-
-    def infer() -> list[float]:
-        out = []
-        with torch.no_grad():
-            forward()
-            for _ in range(steps):
-                start = time.perf_counter()
-                forward()
-                if cuda:
-                    torch.cuda.synchronize()
-                out.append(time.perf_counter() - start)
-        return out
-
     result = {
         "method": method,
         "trainable": sum(p.numel() for p in trainable),
@@ -278,7 +265,6 @@ def worker(
         "step_s": statistics.median(times),
         "peak_rss_mib": peak / 1024,
         "saved_mib": saved / 2**20,
-        "infer_s": statistics.median(infer()),
     }
     if peak_cuda is not None:
         result["peak_cuda_mib"] = peak_cuda
@@ -289,34 +275,71 @@ def worker(
         if callable(getattr(adapted, "save_adapter", None)):
             adapted.save_adapter(os.path.join(tmp, "adapter.safetensors"))
             result["adapter_file_bytes"] = os.path.getsize(os.path.join(tmp, "adapter.safetensors"))
-    if adapted is not None and callable(getattr(adapted, "merge", None)):
+    if adapted is None:  # full fine-tuning and head-only infer with the base model itself
+        return result
+
+    # Inference against the base model, in this process, interleaved call by call.
+    torch.manual_seed(0)
+    reference = _base_model(size, window, cache)[0].to(device).eval()
+    _, run_reference = _workload(reference, size, batch, frames, window, device)
+
+    def relative(run) -> float:
+        """Median time of ``run`` over the median time of the base, interleaved."""
+        mine, base = [], []
+        with torch.no_grad():
+            run(), run_reference()
+            for _ in range(steps):
+                for fn, out in ((run, mine), (run_reference, base)):
+                    start = time.perf_counter()
+                    fn()
+                    if cuda:
+                        torch.cuda.synchronize()
+                    out.append(time.perf_counter() - start)
+        return statistics.median(mine) / statistics.median(base)
+
+    result["infer_ratio"] = relative(forward)
+    if callable(getattr(adapted, "merge", None)):
         try:
             adapted.merge()
-            result["infer_merged_s"] = statistics.median(infer())
-        except TypeError:
-            pass
+        except TypeError:  # an adapter that cannot be merged
+            return result
+        result["infer_merged_ratio"] = relative(forward)
+        plain = adapted.export_plain().to(device).eval()
+        result["infer_exported_ratio"] = relative(
+            _workload(plain, size, batch, frames, window, device)[1]
+        )
     return result
 
 
 # ------------------------------------------------------------------ driver
-def cpu_pressure() -> float:
-    """avg10 of /proc/pressure/cpu "some" (0 where unavailable)."""
+STALL_LIMIT = 0.10  # runs whose CPU stall fraction exceeds this are left out of the medians
+
+
+def cpu_stall_us() -> int:
+    """Total microseconds some task waited for a CPU (/proc/pressure/cpu; 0 if unavailable)."""
     try:
         with open("/proc/pressure/cpu") as handle:
-            return float(handle.readline().split()[1].split("=")[1])
+            return int(handle.readline().split("total=")[1].split()[0])
     except (OSError, IndexError, ValueError):
-        return 0.0
+        return 0
 
 
 def summarise(rows: list[dict], methods: list[str]) -> list[dict]:
-    """Median of every figure per method, and ratios to full fine-tuning."""
+    """Median of every figure per method, and ratios to full fine-tuning.
+
+    Runs during which other tasks kept a CPU busy (``cpu_stall`` above
+    ``STALL_LIMIT``) are left out when the method has clean runs.
+    """
     table = []
     for method in methods:
         runs = [r for r in rows if r["method"] == method]
         if not runs:
             continue
-        med = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "method"}
-        table.append({"method": method, "runs": len(runs), **med})
+        clean = [r for r in runs if r.get("cpu_stall", 0.0) <= STALL_LIMIT] or runs
+        keys = [k for k in clean[0] if k not in ("method", "repeat")]
+        med = {k: statistics.median(r[k] for r in clean if k in r) for k in keys}
+        table.append({"method": method, "runs": len(clean), "excluded": len(runs) - len(clean),
+                      **med})  # fmt: skip
     full = next((t for t in table if t["method"] == "full"), None)
     if full:
         for t in table:
@@ -325,9 +348,6 @@ def summarise(rows: list[dict], methods: list[str]) -> list[dict]:
             if "peak_cuda_mib" in t and "peak_cuda_mib" in full:
                 t["cuda_ratio"] = t["peak_cuda_mib"] / full["peak_cuda_mib"]
             t["saved_ratio"] = t["saved_mib"] / full["saved_mib"]
-            t["infer_ratio"] = t["infer_s"] / full["infer_s"]
-            if "infer_merged_s" in t:
-                t["infer_merged_ratio"] = t["infer_merged_s"] / full["infer_s"]
             if "adapter_file_bytes" in t:
                 t["file_ratio"] = t["adapter_file_bytes"] / full["full_file_bytes"]
     return table
@@ -342,9 +362,9 @@ def markdown(table: list[dict]) -> str:
     lines = [
         (
             "| method | trainable | step (s) | step vs full | peak memory vs full | saved activations "
-            "vs full | inference unmerged | inference merged | adapter file vs full |"
+            "vs full | inference vs base: unmerged | merged | exported | adapter file vs full |"
         ),
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in table:
         pct = 100 * t["trainable"] / t["total"]
@@ -354,7 +374,7 @@ def markdown(table: list[dict]) -> str:
             f"| {t['step_s']:.3f} | {ratio(t, 'step_ratio')} "
             f"| {ratio(t, 'cuda_ratio' if 'cuda_ratio' in t else 'rss_ratio')} "
             f"| {ratio(t, 'saved_ratio')} | {ratio(t, 'infer_ratio')} "
-            f"| {ratio(t, 'infer_merged_ratio')} | {file} |"
+            f"| {ratio(t, 'infer_merged_ratio')} | {ratio(t, 'infer_exported_ratio')} | {file} |"
         )
     return "\n".join(lines)
 
@@ -440,12 +460,13 @@ def main() -> None:
                    "--window", str(args.window), "--cache", args.cache,
                    "--device", args.device,
                    "--threads", str(args.threads)]  # fmt: skip
-            pressure = cpu_pressure()
+            stall, start = cpu_stall_us(), time.time()
             proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
+            stall = (cpu_stall_us() - stall) / 1e6 / max(time.time() - start, 1e-9)
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode or not line:
                 raise SystemExit(f"{method} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-            rows.append({**json.loads(line[0][7:]), "repeat": rep, "cpu_pressure": pressure})
+            rows.append({**json.loads(line[0][7:]), "repeat": rep, "cpu_stall": round(stall, 3)})
     table = summarise(rows, methods)
     meta = {"size": args.size, "batch": args.batch, "frames": args.frames, "steps": args.steps,
             "window_s": args.window if args.size in WHISPER_SIZES else None,

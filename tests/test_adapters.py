@@ -353,24 +353,68 @@ def test_our_lora_matches_peft_lora_given_the_same_weights():
     assert torch.allclose(ours.delta_weight(), theirs.get_delta_weight("default"), atol=1e-6)
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_fused_lora_linear_matches_the_two_branch_computation(bias):
+@pytest.mark.parametrize(
+    ("make", "bias", "input_grad"),
+    [
+        (lambda base: LoRA(base, rank=4, alpha=8), True, True),
+        (lambda base: LoRA(base, rank=4, alpha=8), False, True),
+        (lambda base: LoRA(base, rank=4, alpha=8), True, False),
+        (lambda base: PoolLoRA(base, stride=2, rank=4, alpha=8), True, True),
+        (lambda base: PoolLoRA(base, stride=5, rank=3), False, True),  # 24 = 4 x 5 + 4
+    ],
+)
+def test_fused_lora_linear_matches_the_two_branch_computation(make, bias, input_grad):
     torch.manual_seed(0)
-    layer = LoRA(nn.Linear(24, 16, bias=bias), rank=4, alpha=8)
+    layer = make(nn.Linear(24, 16, bias=bias))
     layer.lora_B.data.normal_()
-    x = torch.randn(3, 7, 24, requires_grad=True)
+    x = torch.randn(3, 7, 24, requires_grad=input_grad)
     grad = torch.randn(3, 7, 16)
     fused = layer(x)
+    assert fused.grad_fn is not None and "Fused" in type(fused.grad_fn).__name__
     fused.backward(grad)
-    got = [t.grad.clone() for t in (x, layer.lora_A, layer.lora_B)]
-    for t in (x, layer.lora_A, layer.lora_B):
+    leaves = [t for t in (x, layer.lora_A, layer.lora_B) if t.requires_grad]
+    got = [t.grad.clone() for t in leaves]
+    for t in leaves:
         t.grad = None
     reference = layer.base_layer(x) + layer.lowrank_branch(x)
     reference.backward(grad)
     assert torch.allclose(fused, reference, atol=1e-5)
-    for mine, theirs in zip(got, (x.grad, layer.lora_A.grad, layer.lora_B.grad), strict=True):
-        assert torch.allclose(mine, theirs, atol=1e-5)
+    for mine, leaf in zip(got, leaves, strict=True):
+        assert torch.allclose(mine, leaf.grad, atol=1e-5)
     assert layer.base_layer.weight.grad is None
+
+
+def test_fused_pool_lora_saves_a_stride_times_smaller_input():
+    torch.manual_seed(0)
+    x = torch.randn(4, 50, 64, requires_grad=True)
+    saved = {}
+    for name, layer in {"lora": LoRA(nn.Linear(64, 64), rank=4),
+                        "pool": PoolLoRA(nn.Linear(64, 64), stride=4, rank=4)}.items():  # fmt: skip
+        sizes = []
+
+        def pack(t, sizes=sizes):
+            sizes.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            layer(x)
+        saved[name] = sizes
+    assert x.numel() in saved["lora"]
+    assert x.numel() // 4 in saved["pool"] and x.numel() not in saved["pool"]
+
+
+@pytest.mark.parametrize("cls", [LoRA, PoolLoRA])
+def test_unmerged_inference_equals_training_forward(cls):
+    torch.manual_seed(0)
+    layer = cls(nn.Linear(24, 16), rank=4)
+    layer.lora_B.data.normal_()
+    x = torch.randn(2, 5, 24)
+    with torch.no_grad():
+        inference = layer(x)
+    training = layer(x)
+    assert training.requires_grad and not inference.requires_grad
+    assert torch.allclose(inference, training, atol=1e-6)
+    assert torch.allclose(inference, layer.base_layer(x) + layer.lowrank_branch(x), atol=1e-5)
 
 
 def test_named_adapters_switch_disable_and_delete():
