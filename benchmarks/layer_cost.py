@@ -35,7 +35,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import adapters  # noqa: E402
+import adapters
 
 VARIANTS = ("full", "lora", "poollora", "dora", "houlsby", "sb_lora", "peft_lora")
 DESCRIPTIONS = {
@@ -134,8 +134,10 @@ def measure(args: argparse.Namespace) -> list[dict]:
 def markdown(rows: list[dict]) -> str:
     """The rows as a markdown table."""
     lines = [
-        "| variant | trainable | inference (ms) | vs plain | train fwd+bwd (ms) "
-        "| vs full fine-tuning | saved for backward vs full |",
+        (
+            "| variant | trainable | inference (ms) | vs plain | train fwd+bwd (ms) "
+            "| vs full fine-tuning | saved for backward vs full |"
+        ),
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
