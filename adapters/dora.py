@@ -19,12 +19,53 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapters.base import LINEAR_TYPES
-from adapters.lora import LoRA
+from adapters.lora import LoRA, lowrank_grads, needs_grad
 
 
 def _unit_norm(weight: torch.Tensor) -> torch.Tensor:
     """L2 norm of each output unit's weights, shaped ``[out]``."""
     return weight.flatten(1).norm(dim=1)
+
+
+class _FusedDoRALinear(torch.autograd.Function):
+    """``m / ||W'|| * (x W'^T) + b`` with ``W' = W + s B A``, in one matmul.
+
+    The norm is a constant in the backward pass, as in the paper. The backward
+    gets ``dx`` from the merged weight, the magnitude's gradient from the saved
+    pre-scale output ``x W'^T``, and the gradients of ``A`` and ``B`` from
+    rank-r products (no full weight gradient). Saves the input and the
+    pre-scale output.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, magnitude, scaling):
+        merged = torch.addmm(weight, lora_b, lora_a, alpha=scaling)
+        norm = _unit_norm(merged)
+        scale = magnitude / norm
+        # A fresh (non-view) output, so that callers may modify it in place.
+        pre = x.new_empty(*x.shape[:-1], merged.shape[0])
+        torch.mm(x.reshape(-1, x.shape[-1]), merged.t(), out=pre.view(-1, merged.shape[0]))
+        out = pre * scale if bias is None else torch.addcmul(bias, pre, scale)
+        ctx.save_for_backward(x, pre, weight, lora_a, lora_b, norm, scale)
+        ctx.scaling, ctx.has_bias = scaling, bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, pre, weight, lora_a, lora_b, norm, scale = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])
+        g_pre = g * scale
+        grad_x = grad_bias = grad_m = None
+        if ctx.needs_input_grad[0]:
+            merged = torch.addmm(weight, lora_b, lora_a, alpha=ctx.scaling)
+            grad_x = (g_pre @ merged).view(*grad.shape[:-1], weight.shape[1])
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = g.sum(0)
+        if ctx.needs_input_grad[5]:
+            grad_m = (g * pre.reshape(g.shape)).sum(0).div_(norm)
+        x2 = x.reshape(-1, x.shape[-1])
+        grad_a, grad_b = lowrank_grads(g_pre, x2, lora_a, lora_b, ctx.scaling)
+        return grad_x, None, grad_bias, grad_a, grad_b, grad_m, None
 
 
 class DoRA(LoRA):
@@ -68,10 +109,23 @@ class DoRA(LoRA):
         return self.magnitude.view(shape) * adapted / _unit_norm(adapted).view(shape) - weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Rescaled base-plus-low-rank output, then the base bias."""
+        """Rescaled base-plus-low-rank output, then the base bias.
+
+        A frozen Linear base without dropout takes the fused path (one matmul
+        by the merged weight); without gradients that is the whole forward.
+        """
         layer = self.base_layer
         if self.merged:
             return layer(x)
+        if self.fusable():
+            if not needs_grad(x, self.lora_A, self.lora_B, self.magnitude):
+                weight = torch.addmm(layer.weight, self.lora_B, self.lora_A, alpha=self.scaling)
+                weight = weight * (self.magnitude / _unit_norm(weight)).unsqueeze(1)
+                return F.linear(x, weight, layer.bias)
+            return _FusedDoRALinear.apply(
+                x, layer.weight, layer.bias, self.lora_A, self.lora_B, self.magnitude,
+                self.scaling,
+            )  # fmt: skip
         linear = isinstance(layer, LINEAR_TYPES)
         base = F.linear(x, layer.weight) if linear else layer._conv_forward(x, layer.weight, None)
         shape = (-1,) if linear else (-1,) + (1,) * (x.dim() - 2)

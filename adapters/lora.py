@@ -29,6 +29,29 @@ from adapters.base import CONV_TYPES, LINEAR_TYPES, Adapter
 _INITS = ("kaiming", "gaussian")
 
 
+def lowrank_grads(
+    grad: torch.Tensor, h: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of ``A`` and ``B`` for an output ``s * h A^T B^T``, from 2-D tensors.
+
+    ``grad`` is ``[tokens, out]`` and ``h`` ``[tokens, in]``. The products are
+    taken in ``[rank, tokens]`` layout: MKL runs ``grad.t() @ (h A^T)`` about as
+    slowly as a full weight gradient, ``(A h^T) @ grad`` several times faster.
+
+    Example
+    -------
+    >>> a, b = torch.randn(2, 5, requires_grad=True), torch.randn(3, 2, requires_grad=True)
+    >>> h, g = torch.randn(7, 5), torch.randn(7, 3)
+    >>> (0.5 * h @ a.t() @ b.t()).backward(g)
+    >>> grad_a, grad_b = lowrank_grads(g, h, a.detach(), b.detach(), 0.5)
+    >>> torch.allclose(grad_a, a.grad, atol=1e-5), torch.allclose(grad_b, b.grad, atol=1e-5)
+    (True, True)
+    """
+    grad_b = ((lora_a @ h.t()) @ grad).t().mul(scaling)
+    grad_a = ((lora_b.t() @ grad.t()) @ h).mul_(scaling)
+    return grad_a, grad_b
+
+
 class _FusedLoRALinear(torch.autograd.Function):
     """``x (W + s B A P)^T + b`` in one matmul, with rank-r gradients.
 
@@ -70,15 +93,17 @@ class _FusedLoRALinear(torch.autograd.Function):
             grad_x = (g @ merged).view(*grad.shape[:-1], weight.shape[1])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = g.sum(0)
-        # Rank-r products in [r, tokens] layout: MKL runs ``g.t() @ (h A^T)`` about as
-        # slowly as a full weight gradient, ``(A h^T) @ g`` several times faster.
-        grad_b = ((lora_a @ h2.t()) @ g).t().mul(s)
-        grad_a = ((lora_b.t() @ g.t()) @ h2).mul_(s)
+        grad_a, grad_b = lowrank_grads(g, h2, lora_a, lora_b, s)
         return grad_x, None, grad_bias, grad_a, grad_b, None, None, None
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
+
+
+def needs_grad(x: torch.Tensor, *params: torch.Tensor) -> bool:
+    """Whether autograd will record a layer applied to ``x`` with ``params``."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
 
 
 class LoRA(Adapter):
@@ -217,22 +242,25 @@ class LoRA(Adapter):
         layer = self.base_layer
         if self.merged:
             return layer(x)
-        if (
+        if not self.fusable():
+            return layer(x) + self.lowrank_branch(x)
+        if not needs_grad(x, self.lora_A, self.lora_B):
+            merged = torch.addmm(layer.weight, self.lora_B, self._full_A(), alpha=self.scaling)
+            return F.linear(x, merged, layer.bias)
+        down = _identity if type(self)._down_input is LoRA._down_input else self._down_input
+        return _FusedLoRALinear.apply(
+            x, layer.weight, layer.bias, self.lora_A, self.lora_B, self.scaling,
+            down, self._expand_A,
+        )  # fmt: skip
+
+    def fusable(self) -> bool:
+        """Whether forward may multiply by the merged weight: frozen Linear base, no dropout."""
+        layer = self.base_layer
+        return (
             isinstance(layer, LINEAR_TYPES)
             and isinstance(self.dropout, nn.Identity)
             and not layer.weight.requires_grad
-        ):
-            if not torch.is_grad_enabled() or not (
-                x.requires_grad or self.lora_A.requires_grad or self.lora_B.requires_grad
-            ):
-                merged = torch.addmm(layer.weight, self.lora_B, self._full_A(), alpha=self.scaling)
-                return F.linear(x, merged, layer.bias)
-            down = _identity if type(self)._down_input is LoRA._down_input else self._down_input
-            return _FusedLoRALinear.apply(
-                x, layer.weight, layer.bias, self.lora_A, self.lora_B, self.scaling,
-                down, self._expand_A,
-            )  # fmt: skip
-        return layer(x) + self.lowrank_branch(x)
+        )
 
     def extra_repr(self) -> str:
         text = f"rank={self.rank}, alpha={self.alpha:g}, scaling={self.scaling:g}"

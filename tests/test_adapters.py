@@ -384,6 +384,36 @@ def test_fused_lora_linear_matches_the_two_branch_computation(make, bias, input_
     assert layer.base_layer.weight.grad is None
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_dora_matches_the_reference_computation(bias):
+    torch.manual_seed(0)
+    layer = DoRA(nn.Linear(24, 16, bias=bias), rank=4, alpha=8)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+        layer.magnitude.mul_(1.5)
+    x = torch.randn(3, 7, 24, requires_grad=True)
+    grad = torch.randn(3, 7, 16)
+    fused = layer(x)
+    assert "Fused" in type(fused.grad_fn).__name__
+    fused.backward(grad)
+    leaves = [x, layer.lora_A, layer.lora_B, layer.magnitude]
+    got = [t.grad.clone() for t in leaves]
+    for t in leaves:
+        t.grad = None
+    base = layer.base_layer
+    reference = layer._scale() * (nn.functional.linear(x, base.weight) + layer.lowrank_branch(x))
+    if bias:
+        reference = reference + base.bias
+    reference.backward(grad)
+    assert torch.allclose(fused, reference, atol=1e-5)
+    for mine, leaf in zip(got, leaves, strict=True):
+        assert torch.allclose(mine, leaf.grad, atol=1e-4)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), reference, atol=1e-5)  # the inference path
+    layer.merge()
+    assert torch.allclose(layer(x), reference, atol=1e-5)
+
+
 def test_fused_pool_lora_saves_a_stride_times_smaller_input():
     torch.manual_seed(0)
     x = torch.randn(4, 50, 64, requires_grad=True)
