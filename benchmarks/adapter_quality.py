@@ -9,6 +9,7 @@ computed once and shared (the recipes' ``before_cache``).
     python benchmarks/adapter_quality.py --recipe whisper --methods full,lora --ranks 4,8,16
     python benchmarks/adapter_quality.py --methods full,lora,poollora,dora,houlsby,peft --ranks 4,8,16
     python benchmarks/adapter_quality.py --recipe whisper --quick      # a few minutes
+    python benchmarks/adapter_quality.py --methods lora --ranks 4 --lrs 0.001,0.004  # lr sweep
     python benchmarks/adapter_quality.py --recipe asr --methods full,lora,poollora,dora,houlsby
 
 A configuration whose ``summary.json`` already exists is not run again
@@ -43,38 +44,53 @@ QUICK = {
 }  # fmt: skip
 
 
+Config = tuple[str, "int | None", "float | None"]  # method, rank, learning rate
+
+
 def configurations(
-    methods: list[str], ranks: list[int], sweep: set[str], rank: int = 8
-) -> list[tuple[str, int | None]]:
-    """(method, rank) pairs: every rank for swept methods, ``rank`` for other ranked ones.
+    methods: list[str],
+    ranks: list[int],
+    sweep: set[str],
+    rank: int = 8,
+    lrs: list[float] | None = None,
+) -> list[Config]:
+    """(method, rank, lr): every rank (and every lr of ``lrs``) for swept methods.
+
+    ``None`` means the recipe's default: no rank for unranked methods, the
+    YAML's learning rate when ``lrs`` is not given.
 
     Example
     -------
     >>> configurations(["full", "lora", "dora"], [4, 16], sweep={"lora"})
-    [('full', None), ('lora', 4), ('lora', 16), ('dora', 8)]
+    [('full', None, None), ('lora', 4, None), ('lora', 16, None), ('dora', 8, None)]
+    >>> configurations(["lora"], [4], sweep={"lora"}, lrs=[1e-3, 4e-3])
+    [('lora', 4, 0.001), ('lora', 4, 0.004)]
     """
-    out: list[tuple[str, int | None]] = []
+    out: list[Config] = []
     for method in methods:
+        swept = method in sweep
+        rates = (lrs or [None]) if swept else [None]
         if method not in RANKED:
-            out.append((method, None))
+            out += [(method, None, lr) for lr in rates]
         else:
-            out += [(method, r) for r in (ranks if method in sweep else [rank])]
+            out += [(method, r, lr) for r in (ranks if swept else [rank]) for lr in rates]
     return out
 
 
-def run_name(method: str, rank: int | None) -> str:
-    """Folder name of a configuration, e.g. ``lora_r8``."""
-    return method if rank is None else f"{method}_r{rank}"
+def run_name(method: str, rank: int | None, lr: float | None = None) -> str:
+    """Folder name of a configuration, e.g. ``lora_r8`` or ``lora_r4_lr0.004``."""
+    name = method if rank is None else f"{method}_r{rank}"
+    return name if lr is None else f"{name}_lr{lr:g}"
 
 
-def gather(folder: Path, configs: list[tuple[str, int | None]]) -> list[dict]:
+def gather(folder: Path, configs: list[Config]) -> list[dict]:
     """One row per finished configuration, from its ``summary.json``."""
     rows = []
-    for method, rank in configs:
-        path = folder / run_name(method, rank) / "summary.json"
+    for method, rank, lr in configs:
+        path = folder / run_name(method, rank, lr) / "summary.json"
         if path.is_file():
             summary = json.loads(path.read_text())
-            rows.append({"name": run_name(method, rank), "rank": rank, **summary})
+            rows.append({"name": run_name(method, rank, lr), "rank": rank, "lr": lr, **summary})
     return rows
 
 
@@ -139,8 +155,8 @@ def plot(rows: list[dict], path: Path) -> None:
             xs, ys, labels = zip(*points, strict=True) if points else ((), (), ())
             ax.plot(xs, ys, marker="o", label=method)
             for x, y, label in zip(xs, ys, labels, strict=True):
-                if "_r" in label:
-                    ax.annotate(label.split("_")[-1], (x, y), fontsize=7, xytext=(3, 3),
+                if label != method:
+                    ax.annotate(label[len(method) + 1 :], (x, y), fontsize=7, xytext=(3, 3),
                                 textcoords="offset points")  # fmt: skip
         if name in before:
             ax.axhline(before[name]["WER"], color="grey", ls="--", lw=0.8, label="no adaptation")
@@ -160,6 +176,7 @@ def main() -> None:
     parser.add_argument("--ranks", default="8", help="comma-separated ranks of the sweep")
     parser.add_argument("--sweep", default="lora", help="methods run at every rank of --ranks")
     parser.add_argument("--rank", type=int, default=8, help="rank of the other ranked methods")
+    parser.add_argument("--lrs", default="", help="comma-separated learning rates of the sweep")
     parser.add_argument("--target", default="noisy")
     parser.add_argument("--quick", action="store_true", help="small subsets: a few minutes")
     parser.add_argument("--rerun", action="store_true", help="rerun finished configurations")
@@ -171,7 +188,8 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"Unknown methods {unknown}; choose from {', '.join(METHODS)}.")
     ranks = [int(r) for r in args.ranks.split(",") if r]
-    configs = configurations(methods, ranks, set(args.sweep.split(",")), args.rank)
+    lrs = [float(x) for x in args.lrs.split(",") if x]
+    configs = configurations(methods, ranks, set(args.sweep.split(",")), args.rank, lrs)
 
     tag = f"{args.recipe}_{args.target}" + ("_quick" if args.quick else "")
     runs = Path(args.out) / f"quality_{tag}"
@@ -182,8 +200,8 @@ def main() -> None:
     common += QUICK[args.recipe] if args.quick else []
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     started, done = time.time(), 0
-    for i, (method, rank) in enumerate(configs):
-        name = run_name(method, rank)
+    for i, (method, rank, lr) in enumerate(configs):
+        name = run_name(method, rank, lr)
         folder = runs / name
         if (folder / "summary.json").is_file() and not args.rerun:
             print(f"[{i + 1}/{len(configs)}] {name}: done already", flush=True)
@@ -191,6 +209,7 @@ def main() -> None:
         eta = (time.time() - started) / done * (len(configs) - i) if done else float("nan")
         print(f"[{i + 1}/{len(configs)}] {name} (ETA {eta:.0f} s)", flush=True)
         ranked = [f"--rank={rank}", f"--alpha={2 * rank}"] if rank is not None else []
+        ranked += [f"--lr={lr:g}"] if lr is not None else []
         hparams = ROOT / "hparams" / f"{method}_{args.recipe}.yaml"
         cmd = [sys.executable, str(RECIPES[args.recipe]), str(hparams), *common, *ranked,
                f"--output_folder={folder}", *extra]  # fmt: skip

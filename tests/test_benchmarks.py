@@ -104,6 +104,16 @@ def test_quality_sweep_runs_each_configuration_and_plots(tmp_path):
     # finished configurations are not run again
     again = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
     assert again.stdout.count("done already") == 3
+    # a learning-rate sweep runs under its own names and passes the rate to the recipe
+    lr_cmd = [*cmd[:4], "--methods", "lora", "--ranks", "2", "--lrs", "0.002", *cmd[8:]]
+    result = subprocess.run(lr_cmd, check=False, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+    def logged_lr(name: str) -> float:
+        log = (tmp_path / "out" / "quality_whisper_noisy" / name / "train_log.txt").read_text()
+        return float(log.split("lr: ")[1].split()[0])
+
+    assert logged_lr("lora_r2_lr0.002") == pytest.approx(2 * logged_lr("lora_r2"), rel=1e-2)
 
 
 def test_gpu_rows_report_cuda_memory_ratios():
