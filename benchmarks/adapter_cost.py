@@ -185,6 +185,32 @@ def _workload(model, size: str, batch: int, frames: int, window: float, device: 
     return ctc, lambda: model(feats, lengths)
 
 
+def saved_bytes(run, params) -> int:
+    """Bytes of the distinct tensors autograd saves for backward in ``run()``, ``params`` excluded.
+
+    Example
+    -------
+    >>> import torch
+    >>> w = torch.ones(4, 3, requires_grad=True)
+    >>> saved_bytes(lambda: torch.ones(5, 4) @ w, [w])  # the 5 x 4 input, float32
+    80
+    """
+    import torch
+
+    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in param_ptrs:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(storages.values())
+
+
 def worker(
     method: str,
     size: str,
@@ -243,19 +269,7 @@ def worker(
     peak = _rss_peak_kib()
     peak_cuda = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
 
-    # Bytes autograd keeps for backward: distinct storages, parameters excluded.
-    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in param_ptrs:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        compute_loss()
-    saved = sum(storages.values())
+    saved = saved_bytes(compute_loss, params)
 
     model.eval()
     result = {
@@ -379,27 +393,44 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(table: list[dict], path: Path) -> None:
-    """Bars of step time and peak memory relative to full fine-tuning."""
+def write_results(out: Path, tag: str, data: dict, table: str, draw) -> None:
+    """Write ``<tag>.json`` (``data``), ``.md`` (``table``) and ``.png`` (``draw(path)``)."""
+    (out / f"{tag}.json").write_text(json.dumps(data, indent=1))
+    (out / f"{tag}.md").write_text(table + "\n")
+    draw(out / f"{tag}.png")
+    print(json.dumps(data.get("meta", {})))
+    print(table)
+    print(f"wrote {out}/{tag}.json, .md, .png")
+
+
+def ratio_bars(
+    names: list[str], panels: list[tuple[list[float], str]], path: Path, size=(11, 4)
+) -> None:
+    """One horizontal bar chart per panel (values, title), a line at 1.0, saved to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [t["method"] for t in table]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, key, title in zip(
-        axes,
-        ("step_ratio", "rss_ratio"),
-        ("training step time", "peak training RSS"),
-        strict=True,
-    ):
-        ax.barh(names, [t.get(key, 0) for t in table], color="#4c72b0")
+    fig, axes = plt.subplots(1, len(panels), figsize=size, sharey=True, squeeze=False)
+    for ax, (values, title) in zip(axes[0], panels, strict=True):
+        ax.barh(names, values, color="#4c72b0")
         ax.axvline(1.0, color="k", lw=0.8)
-        ax.set_title(f"{title} / full fine-tuning")
+        ax.set_title(title)
         ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot(table: list[dict], path: Path) -> None:
+    """Bars of step time and peak memory relative to full fine-tuning."""
+    memory = "cuda_ratio" if all("cuda_ratio" in t for t in table) else "rss_ratio"
+    panels = [
+        ([t.get("step_ratio", 0) for t in table], "training step time / full fine-tuning"),
+        ([t.get(memory, 0) for t in table], "peak training memory / full fine-tuning"),
+    ]
+    ratio_bars([t["method"] for t in table], panels, path)
 
 
 def main() -> None:
@@ -473,15 +504,8 @@ def main() -> None:
             "device": args.device,
             "repeats": args.repeats, "threads": args.threads, "rank": args.rank,
             "cpus": os.cpu_count()}  # fmt: skip
-    (out / f"cost_{args.size}.json").write_text(
-        json.dumps({"meta": meta, "runs": rows, "summary": table}, indent=1)
-    )
-    text = markdown(table)
-    (out / f"cost_{args.size}.md").write_text(text + "\n")
-    plot(table, out / f"cost_{args.size}.png")
-    print(json.dumps(meta))
-    print(text)
-    print(f"wrote {out}/cost_{args.size}.json, .md, .png")
+    data = {"meta": meta, "runs": rows, "summary": table}
+    write_results(out, f"cost_{args.size}", data, markdown(table), lambda p: plot(table, p))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Authors
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -33,7 +32,9 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+from adapter_cost import ratio_bars, saved_bytes, write_results
 
 import adapters
 
@@ -73,22 +74,6 @@ def build(variant: str, base: nn.Linear, rank: int) -> nn.Module:
     return module
 
 
-def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the distinct tensors autograd saves for backward, parameters excluded."""
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in params:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x)
-    return sum(storages.values())
-
-
 def measure(args: argparse.Namespace) -> list[dict]:
     """Median time of every variant relative to the plain layer, interleaved."""
     torch.manual_seed(0)
@@ -117,7 +102,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
                 start = time.perf_counter()
                 fn(module)
                 times.setdefault((kind, variant), []).append(time.perf_counter() - start)
-    full_saved = saved_bytes(modules["full"], x_train)
+    full_saved = saved_bytes(lambda: modules["full"](x_train), modules["full"].parameters())
     for variant, module in modules.items():
         row = {"variant": variant, "trainable": sum(
             p.numel() for p in module.parameters() if p.requires_grad)}  # fmt: skip
@@ -126,7 +111,8 @@ def measure(args: argparse.Namespace) -> list[dict]:
             row[f"{kind}_ratio"] = row[f"{kind}_ms"] / (
                 1000 * statistics.median(times[(kind, "full")])
             )
-        row["saved_ratio"] = saved_bytes(module, x_train) / full_saved
+        saved = saved_bytes(lambda m=module: m(x_train), module.parameters())
+        row["saved_ratio"] = saved / full_saved
         rows.append(row)
     return rows
 
@@ -151,22 +137,11 @@ def markdown(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: Path) -> None:
     """Bars of inference and training cost relative to the plain layer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [r["variant"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
-    for ax, key, title in zip(
-        axes, ("forward_ratio", "train_ratio"), ("inference", "forward + backward"), strict=True
-    ):
-        ax.barh(names, [r[key] for r in rows], color="#55a868")
-        ax.axvline(1.0, color="k", lw=0.8)
-        ax.set_title(f"{title} / plain Linear")
-        ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    panels = [
+        ([r["forward_ratio"] for r in rows], "inference / plain Linear"),
+        ([r["train_ratio"] for r in rows], "forward + backward / full fine-tuning"),
+    ]
+    ratio_bars([r["variant"] for r in rows], panels, path, size=(10, 3.5))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -192,13 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tag = f"layer_{args.in_features}x{args.out_features}"
     meta = {k: v for k, v in vars(args).items() if k != "output"}
-    (out / f"{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    text = markdown(rows)
-    (out / f"{tag}.md").write_text(text + "\n")
-    plot(rows, out / f"{tag}.png")
-    print(json.dumps(meta))
-    print(text)
-    print(f"wrote {out}/{tag}.json, .md, .png")
+    data = {"meta": meta, "rows": rows}
+    write_results(out, tag, data, markdown(rows), lambda p: plot(rows, p))
 
 
 if __name__ == "__main__":
