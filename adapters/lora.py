@@ -97,10 +97,6 @@ class _FusedLoRALinear(torch.autograd.Function):
         return grad_x, None, grad_bias, grad_a, grad_b, None, None, None
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
 def needs_grad(x: torch.Tensor, *params: torch.Tensor) -> bool:
     """Whether autograd will record a layer applied to ``x`` with ``params``."""
     return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
@@ -247,10 +243,9 @@ class LoRA(Adapter):
         if not needs_grad(x, self.lora_A, self.lora_B):
             merged = torch.addmm(layer.weight, self.lora_B, self._full_A(), alpha=self.scaling)
             return F.linear(x, merged, layer.bias)
-        down = _identity if type(self)._down_input is LoRA._down_input else self._down_input
         return _FusedLoRALinear.apply(
             x, layer.weight, layer.bias, self.lora_A, self.lora_B, self.scaling,
-            down, self._expand_A,
+            self._down_input, self._expand_A,
         )  # fmt: skip
 
     def fusable(self) -> bool:
