@@ -301,7 +301,8 @@ def worker(
         """Median time of ``run`` over the median time of the base, interleaved."""
         mine, base = [], []
         with torch.no_grad():
-            run(), run_reference()
+            run()  # warm-up
+            run_reference()
             for _ in range(steps):
                 for fn, out in ((run, mine), (run_reference, base)):
                     start = time.perf_counter()

@@ -31,6 +31,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from adapter_cost import write_results
+
 RECIPES = {
     "whisper": ROOT / "recipes" / "whisper" / "train.py",
     "asr": ROOT / "recipes" / "asr" / "train.py",
@@ -221,13 +225,8 @@ def main() -> None:
     rows = gather(runs, configs)
     meta = {"recipe": args.recipe, "target": args.target, "quick": args.quick, "extra": extra,
             "cpus": os.cpu_count()}  # fmt: skip
-    out = Path(args.out)
-    (out / f"quality_{tag}.json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
-    text = markdown(rows)
-    (out / f"quality_{tag}.md").write_text(text + "\n")
-    plot(rows, out / f"quality_{tag}.png")
-    print(text)
-    print(f"wrote {out}/quality_{tag}.json, .md, .png")
+    data = {"meta": meta, "runs": rows}
+    write_results(Path(args.out), f"quality_{tag}", data, markdown(rows), lambda p: plot(rows, p))
 
 
 if __name__ == "__main__":
