@@ -51,13 +51,14 @@ WHISPER_SIZES = {  # size -> model source (recipes.whisper): packaged weights or
     "whisper-test": "tiny-test",
 }
 METHODS = (
-    "full", "head", "sb_lora", "peft_lora", "lora", "lora_all", "lora_attention",
+    "full", "head", "sb_lora", "peft_native", "peft_lora", "lora", "lora_all", "lora_attention",
     "poollora", "dora", "houlsby",
 )  # fmt: skip
 DESCRIPTIONS = {
     "full": "full fine-tuning",
     "head": "frozen model, output layer only (CTC head; Whisper's final decoder norm)",
     "sb_lora": "SpeechBrain 1.1.2 LoRA r8, Linear modules",
+    "peft_native": "PEFT LoRA r8 inserted by peft.get_peft_model, Linear modules",
     "peft_lora": "PEFT LoRA r8 (bridge), Linear modules",
     "lora": "ours LoRA r8, Linear modules",
     "lora_all": "ours LoRA r8, Linear modules + attention Q/K/V",
@@ -138,6 +139,14 @@ def _build(method: str, size: str, rank: int, window: float, cache: Path = CACHE
         wrapped = sb_adapters.AdaptedModel(
             model, sb_adapters.LoRA, target_layers=linear, adapter_kwargs={"rank": rank}, **common
         )
+        return wrapped, wrapped
+    if method == "peft_native":
+        from peft import LoraConfig, get_peft_model
+
+        wrapped = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules=linear))
+        for name in common["unfrozen_layers"]:
+            for param in model.get_submodule(name).parameters():
+                param.requires_grad_(True)
         return wrapped, wrapped
     choices = {
         "peft_lora": (adapters.peft_adapter, linear, {"r": rank, "alpha": rank}),

@@ -36,7 +36,7 @@ def test_summary_takes_medians_and_ratios_to_full_finetuning():
     assert "| lora (" in adapter_cost.markdown(list(table.values()))
 
 
-@pytest.mark.parametrize("methods", ["full,lora,houlsby,sb_lora"])
+@pytest.mark.parametrize("methods", ["full,lora,houlsby,sb_lora,peft_native"])
 def test_tiny_run_writes_every_method_and_figure(tmp_path, methods):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "adapter_cost.py"), "--size", "tiny",
            "--methods", methods, "--repeats", "1", "--steps", "1", "--frames", "100",
