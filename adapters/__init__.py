@@ -7,7 +7,7 @@ wrap a model with ``!new:adapters.AdaptedModel``.
 from adapters.adapted_model import AdaptedModel
 from adapters.base import Adapter
 from adapters.dora import DoRA
-from adapters.houlsby import Houlsby
+from adapters.houlsby import Houlsby, HoulsbyAdapterLinear
 from adapters.lora import LoRA
 from adapters.peft_bridge import peft_adapter
 from adapters.pool_lora import PoolLoRA
@@ -18,6 +18,7 @@ __all__ = [
     "Adapter",
     "DoRA",
     "Houlsby",
+    "HoulsbyAdapterLinear",
     "LoRA",
     "PoolLoRA",
     "base_fingerprint",

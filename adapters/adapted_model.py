@@ -1,10 +1,11 @@
 """Insert adapters into any torch model, selected by layer type or name pattern.
 
-``AdaptedModel`` takes the same keys as ``speechbrain.nnet.adapters.AdaptedModel``
+``AdaptedModel`` takes the keys of ``speechbrain.nnet.adapters.AdaptedModel``
 so existing YAML keeps working, and fixes its pitfalls: patterns that match no
-layer raise an error naming the closest layers, inserting twice is harmless,
-checkpoints hold only what was trained (adapters, unfrozen layers and their
-buffers such as BatchNorm statistics) and refuse to load onto another base.
+layer raise an error naming the closest layers, nothing is skipped silently,
+inserting twice is harmless, checkpoints hold only what was trained (adapters,
+unfrozen layers and their buffers such as BatchNorm statistics) and refuse to
+load onto another base.
 
 Authors
  * speech-adapters contributors 2026
@@ -13,55 +14,48 @@ Authors
 from __future__ import annotations
 
 import copy
-import difflib
 import inspect
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from fnmatch import fnmatch
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from speechbrain.utils import checkpoints
 from torch import nn
 
-from adapters.attention import adapt_parameter, projection_blocks
-from adapters.base import CONV_TYPES, LINEAR_TYPES, Adapter
+from adapters.bank import AdapterBank
+from adapters.base import Adapter
+from adapters.selection import as_patterns, select_layers, within
 from adapters.state import load_adapter_file, save_adapter_file
+from adapters.targets import adapt_parameter, parameter_targets, remove_parameter_adapters
 
 logger = logging.getLogger(__name__)
 
 
-def _closest(pattern: str, names: Sequence[str], n: int = 5) -> list[str]:
-    """Return the layer names most similar to ``pattern`` (for error messages)."""
-    return difflib.get_close_matches(pattern, names, n=n, cutoff=0.0)
+def _name(factory: object) -> str:
+    return getattr(factory, "__name__", type(factory).__name__)
 
 
-def _matches(name: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch(name, p) for p in patterns)
-
-
-def _within(name: str, prefix: str) -> bool:
-    """Whether module ``name`` is ``prefix`` or lies inside it."""
-    return name == prefix or name.startswith(prefix + ".")
-
-
-def _parameter_targets(model: nn.Module) -> dict[str, tuple[str, str, slice]]:
-    """Projections held in raw parameters: ``{name: (module, parameter, rows)}``.
-
-    Q/K/V of attention modules become ``<attention>.q_proj`` etc.; the
-    ``out_proj`` of torch's MultiheadAttention keeps its module name, since
-    torch reads its weight directly.
-    """
-    targets = {}
-    for name, module in model.named_modules():
-        for block, (param, rows) in projection_blocks(module).items():
-            targets[f"{name}.{block}" if name else block] = (name, param, rows)
-        if isinstance(module, nn.MultiheadAttention):
-            out = f"{name}.out_proj" if name else "out_proj"
-            targets[out] = (out, "weight", slice(None))
-    return targets
+def _accepted_kwargs(factory: Callable[..., Any]) -> list[str] | None:
+    """Keyword names ``factory`` takes after the layer, following ``**kwargs`` up
+    the class hierarchy; None when it takes any."""
+    if isinstance(factory, type):
+        inits = [c.__dict__["__init__"] for c in factory.__mro__ if "__init__" in c.__dict__]
+    else:
+        inits = [factory]
+    names: list[str] = []
+    for init in inits:
+        try:
+            params = list(inspect.signature(init).parameters.values())
+        except (TypeError, ValueError):
+            return None
+        names += [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            layer_arg = names[1] if isinstance(factory, type) else names[0]
+            return [n for n in dict.fromkeys(names) if n not in ("self", layer_arg)]
+    return None
 
 
 def _check_mergeable(name: str, adapter: nn.Module) -> None:
@@ -73,19 +67,8 @@ def _check_mergeable(name: str, adapter: nn.Module) -> None:
         raise TypeError(f"Adapter at {name} ({type(adapter).__name__}) cannot be merged.")
 
 
-def _check_patterns(kind: str, patterns: Sequence[str], names: Sequence[str]) -> None:
-    """Raise ``ValueError`` for every pattern that matches no layer name."""
-    for pattern in patterns:
-        if not any(fnmatch(n, pattern) for n in names):
-            raise ValueError(
-                f"{kind} pattern {pattern!r} matches no layer of the model. Closest layer "
-                f"names: {_closest(pattern, names)}. Patterns use fnmatch wildcards on the "
-                "names printed by `model.named_modules()`."
-            )
-
-
 @checkpoints.register_checkpoint_hooks
-class AdaptedModel(nn.Module):
+class AdaptedModel(AdapterBank):
     """Wrap a model, freeze it, and replace selected layers by adapters.
 
     Arguments
@@ -96,15 +79,23 @@ class AdaptedModel(nn.Module):
     adapter_class : callable
         Called as ``adapter_class(layer, **adapter_kwargs)`` for every
         selected layer: an adapter of this library, of SpeechBrain, or a
-        user's own class.
+        user's own class; it must keep the layer it is given as a submodule.
     all_linear : bool
-        Adapt every ``nn.Linear``.
+        Adapt every ``nn.Linear``, and the weights held as raw parameters by
+        attention (Q/K/V, torch MHA's ``out_proj``) and recurrent layers (every
+        ``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*`` of ``nn.LSTM``,
+        ``nn.GRU``, ``nn.RNN``) when the adapter updates weights (LoRA, PoolLoRA, DoRA).
     all_conv : bool
-        Adapt every ``nn.Conv1d`` and ``nn.Conv2d``.
+        Adapt every ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Conv3d``.
     target_layers : list of str, optional
-        fnmatch patterns of module names to adapt.
+        fnmatch patterns of layers to adapt: module names, raw weights
+        (``<attention>.q_proj``, ``<rnn>.weight_hh_l0``, any
+        ``<module>.<parameter>``); an attention or recurrent module's name
+        selects all its raw weights.
     unfrozen_layers : list of str, optional
         fnmatch patterns of module names trained in full (never adapted).
+    exclude_layers : list of str, optional
+        fnmatch patterns of layers never adapted (nor anything inside them).
     adapter_kwargs : dict, optional
         Keyword arguments for ``adapter_class``, e.g. ``{"rank": 8}``.
     manual_adapter_insertion : bool
@@ -137,130 +128,142 @@ class AdaptedModel(nn.Module):
         unfrozen_layers: str | Sequence[str] | None = None,
         adapter_kwargs: dict[str, Any] | None = None,
         manual_adapter_insertion: bool = False,
+        exclude_layers: str | Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.adapted_model = model_to_adapt
         self.adapter_class = adapter_class
         self.adapter_kwargs = dict(adapter_kwargs or {})
-        target_layers = (
-            [target_layers] if isinstance(target_layers, str) else list(target_layers or [])
-        )
-        unfrozen_layers = (
-            [unfrozen_layers] if isinstance(unfrozen_layers, str) else list(unfrozen_layers or [])
-        )
-        self._check_adapter_kwargs()
-
-        # Raw-parameter projections (attention Q/K/V, torch MHA's out_proj) by name.
-        self._param_targets = _parameter_targets(model_to_adapt)
-        names = [name for name, _ in model_to_adapt.named_modules() if name]
-        _check_patterns("target_layers", target_layers, [*names, *self._param_targets])
-        _check_patterns("unfrozen_layers", unfrozen_layers, names)
-
-        for param in model_to_adapt.parameters():
-            param.requires_grad_(False)
-        self.unfrozen_layers: list[str] = []
-        for name, module in model_to_adapt.named_modules():
-            if name and _matches(name, unfrozen_layers):
-                self.unfrozen_layers.append(name)
-                for param in module.parameters():
-                    param.requires_grad_(True)
-
-        self.adapted_layers = self._select_layers(all_linear, all_conv, target_layers)
-        if not self.adapted_layers and (all_linear or all_conv or target_layers):
-            raise ValueError(
-                "No layer was selected for adaptation: the selected layers are all "
-                "unfrozen_layers. Revise target_layers."
-            )
-        self.inserted = False
-        self._foreign_backup: dict[str, torch.Tensor] = {}
-        self.merged = False
-        self.active_adapter: str | None = "default"
-        self._bank: dict[str, dict[str, torch.Tensor]] = {}
-        if not manual_adapter_insertion:
-            self.insert_adapters()
-
-    def _check_adapter_kwargs(self) -> None:
-        """Fail early, with the accepted names, on a misspelled adapter key."""
-        try:
-            params = inspect.signature(self.adapter_class).parameters
-        except (TypeError, ValueError):
-            return
-        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            return
-        unknown = sorted(set(self.adapter_kwargs) - set(params))
+        accepted = _accepted_kwargs(adapter_class)
+        unknown = sorted(set(self.adapter_kwargs) - set(accepted or self.adapter_kwargs))
         if unknown:
-            accepted = list(params)[1:]  # the first argument is the wrapped layer
             raise TypeError(
-                f"adapter_kwargs {unknown} are not accepted by "
-                f"{getattr(self.adapter_class, '__name__', self.adapter_class)}; "
+                f"adapter_kwargs {unknown} are not accepted by {_name(adapter_class)}; "
                 f"accepted: {accepted}."
             )
-
-    def _select_layers(
-        self, all_linear: bool, all_conv: bool, target_layers: Sequence[str]
-    ) -> list[str]:
-        """Names of the layers to adapt, outermost first, none inside another."""
-        by_weight = getattr(self.adapter_class, "mergeable", False) is True
-        selected: list[str] = []
-        candidates: list[tuple[str, Any]] = [
-            *self.adapted_model.named_modules(),
-            *self._param_targets.items(),
-        ]
-        for name, target in candidates:
-            if not name or name in self.unfrozen_layers or any(_within(name, s) for s in selected):
-                continue
-            raw = name in self._param_targets
-            if raw and isinstance(target, nn.Module):
-                continue  # torch MHA's out_proj: reached as a parameter target below
-            matched = _matches(name, target_layers)
-            wanted = (
-                matched
-                or (all_linear and (raw or isinstance(target, LINEAR_TYPES)))
-                or (all_conv and isinstance(target, CONV_TYPES))
+        self._param_targets = parameter_targets(model_to_adapt)
+        chosen = select_layers(
+            model_to_adapt, self._param_targets, _name(adapter_class),
+            by_weight=getattr(adapter_class, "mergeable", False) is True,
+            all_linear=all_linear, all_conv=all_conv, target_layers=as_patterns(target_layers),
+            unfrozen_layers=as_patterns(unfrozen_layers),
+            exclude_layers=as_patterns(exclude_layers),
+        )  # fmt: skip
+        self.adapted_layers, self.unfrozen_layers = chosen.adapted, chosen.unfrozen
+        self.left_out = chosen.left_out_message()
+        if not self.adapted_layers and (all_linear or all_conv or target_layers):
+            raise ValueError(
+                "No layer was selected for adaptation: " + (self.left_out or "none fits.")
+                + " Revise target_layers, unfrozen_layers or exclude_layers."
             )
-            if not wanted:
-                continue
-            if raw and not by_weight:
-                if matched:
-                    raise TypeError(
-                        f"{name} is a projection stored as a raw attention parameter; only "
-                        "weight-update adapters (LoRA, PoolLoRA, DoRA) can adapt it, not "
-                        f"{getattr(self.adapter_class, '__name__', self.adapter_class)}."
-                    )
-                continue  # all_linear with a module adapter leaves attention as it is
-            selected.append(name)
-        return selected
+        for param in model_to_adapt.parameters():
+            param.requires_grad_(False)
+        for name in self.unfrozen_layers:
+            for param in model_to_adapt.get_submodule(name).parameters():
+                param.requires_grad_(True)
+        self.inserted = self.merged = self._grad_flow_checked = False
+        self._foreign_backup: dict[str, torch.Tensor] = {}
+        self._init_bank()
+        if not manual_adapter_insertion:
+            self.insert_adapters()
 
     def insert_adapters(self) -> None:
         """Insert the adapters; a second call does nothing."""
         if self.inserted:
             logger.info("Adapters are already inserted; insert_adapters() does nothing.")
             return
-
-        def build(layer: nn.Module) -> nn.Module:
-            adapter = self.adapter_class(layer, **self.adapter_kwargs)
-            for param in layer.parameters():  # user classes may forget this
-                param.requires_grad_(False)
-            return adapter
-
         for name in self.adapted_layers:
-            if name in self._param_targets:
-                owner, param, rows = self._param_targets[name]
-                module = self.adapted_model.get_submodule(owner)
-                adapt_parameter(module, param, name.rpartition(".")[2], rows, build)
+            target = self._param_targets.get(name)
+            if target is not None:
+                owner = self.adapted_model.get_submodule(target.owner)
+                adapt_parameter(owner, target, name.rpartition(".")[2], self._builder(name))
             else:
                 parent_name, _, child = name.rpartition(".")
                 parent = self.adapted_model.get_submodule(parent_name)
-                setattr(parent, child, build(getattr(parent, child)))
+                setattr(parent, child, self._builder(name)(getattr(parent, child)))
         self.inserted = True
         # The state every new named adapter starts from: adapters at their
         # (identity) initialisation, unfrozen layers and statistics pretrained.
         self._initial_state = self._snapshot()
         logger.info(self.summary(layers=True))
+        if self.left_out:
+            logger.warning(self.left_out)
+
+    def _builder(self, name: str) -> Callable[[nn.Module], nn.Module]:
+        """``adapter_class`` applied to the layer ``name``, with errors that name it."""
+
+        def build(layer: nn.Module) -> nn.Module:
+            cls = _name(self.adapter_class)
+            try:
+                adapter = self.adapter_class(layer, **self.adapter_kwargs)
+            except (TypeError, ValueError) as err:
+                raise type(err)(
+                    f"Cannot adapt {name} ({type(layer).__name__}) with {cls}: {err} To leave "
+                    f"it out, add {name!r} to exclude_layers."
+                ) from err
+            if not isinstance(adapter, nn.Module) or all(m is not layer for m in adapter.modules()):
+                raise TypeError(
+                    f"adapter_class {cls} returned a {type(adapter).__name__} for {name} that does "
+                    "not wrap the layer it was given. An adapter class takes the layer as its "
+                    "first argument and keeps it as a submodule (e.g. adapters.LoRA)."
+                )
+            for param in layer.parameters():  # user classes may forget this
+                param.requires_grad_(False)
+            return adapter
+
+        return build
+
+    def _require_inserted(self, action: str) -> None:
+        if not self.inserted:
+            raise RuntimeError(
+                f"{action} before insert_adapters(): with manual_adapter_insertion: True, call "
+                "insert_adapters() after loading the pretrained weights (nothing is adapted yet)."
+            )
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the adapted model."""
-        return self.adapted_model(*args, **kwargs)
+        """Call the adapted model (the first training call checks that gradients reach the adapters)."""
+        if not self.training or not torch.is_grad_enabled() or self._grad_flow_checked:
+            return self.adapted_model(*args, **kwargs)
+        self._require_inserted("Training forward")
+        entered: dict[str, bool] = {}
+
+        def record(name: str) -> Callable[..., None]:
+            return lambda *_: None if name in entered else entered.update({name: torch.is_grad_enabled()})
+
+        named = self.adapted_model.named_modules()
+        handles = [module.register_forward_pre_hook(record(name)) for name, module in named]
+        try:
+            output = self.adapted_model(*args, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for layer, path in self._adapter_paths().items():
+            if entered.get(path, True):
+                continue
+            wrapper = next(p for p in [*self._ancestors(path), ""] if entered.get(p))
+            module = self.adapted_model.get_submodule(wrapper)
+            frozen = " has freeze=True and" if getattr(module, "freeze", None) is True else ""
+            raise RuntimeError(
+                f"Gradients cannot reach the adapter at {layer}: module {wrapper or '<root>'!r} "
+                f"({type(module).__name__}){frozen} runs it under torch.no_grad(), so training "
+                "would change nothing. Set `freeze: False` for that module in the YAML (the "
+                "adapters keep its weights frozen anyway), or add its layers to exclude_layers."
+            )
+        self._grad_flow_checked = True
+        return output
+
+    @staticmethod
+    def _ancestors(path: str) -> list[str]:
+        return [path.rsplit(".", i)[0] for i in range(1, path.count(".") + 1)]
+
+    def _adapter_paths(self) -> dict[str, str]:
+        """``{layer name: module path of its adapter}`` (``ParamAdapters`` for raw weights)."""
+        paths = {}
+        for name in self.adapted_layers:
+            target = self._param_targets.get(name)
+            owner = target.owner if target else ""
+            paths[name] = f"{owner}.param_adapters.{target.param}".lstrip(".") if target else name
+        return paths
 
     def __getattr__(self, item: str) -> Any:
         """Give access to the attributes of the wrapped model."""
@@ -270,19 +273,20 @@ class AdaptedModel(nn.Module):
             return getattr(super().__getattr__("adapted_model"), item)
 
     # ---------------------------------------------------------------- merging
+    def _adapters_in(self, model: nn.Module) -> dict[str, nn.Module]:
+        found = {}
+        for name in self.adapted_layers if self.inserted else []:
+            target = self._param_targets.get(name)
+            if target is None:
+                found[name] = model.get_submodule(name)
+            else:
+                holder = model.get_submodule(target.owner).param_adapters[target.param]
+                found[name] = holder.blocks[name.rpartition(".")[2]]
+        return found
+
     def adapters(self) -> dict[str, nn.Module]:
         """Return ``{layer name: adapter module}`` for the inserted adapters."""
-        if not self.inserted:
-            return {}
-        found = {}
-        for name in self.adapted_layers:
-            if name in self._param_targets:
-                owner, param, _ = self._param_targets[name]
-                holder = self.adapted_model.get_submodule(owner).param_adapters[param]
-                found[name] = holder.blocks[name.rpartition(".")[2]]
-            else:
-                found[name] = self.adapted_model.get_submodule(name)
-        return found
+        return self._adapters_in(self.adapted_model)
 
     def merge(self) -> None:
         """Fold every adapter into its base weights (all must be mergeable)."""
@@ -316,104 +320,23 @@ class AdaptedModel(nn.Module):
         Example
         -------
         >>> from adapters import LoRA
-        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GRU(4, 4))
         >>> model = AdaptedModel(net, LoRA, all_linear=True, adapter_kwargs={"rank": 1})
         >>> plain = model.export_plain()
-        >>> type(plain[0]).__name__, sorted(plain.state_dict())
-        ('Linear', ['0.bias', '0.weight', '1.bias', '1.weight'])
+        >>> [type(m).__name__ for m in plain], len(plain.state_dict())
+        (['Linear', 'GRU'], 6)
         """
         model = copy.deepcopy(self.adapted_model)
-        if not self.inserted:
-            return model
-        for name in self.adapted_layers:
-            if name in self._param_targets:
-                owner, param, _ = self._param_targets[name]
-                adapter = (
-                    model.get_submodule(owner).param_adapters[param].blocks[name.rpartition(".")[2]]
-                )
-                replace = None
-            else:
-                adapter = model.get_submodule(name)
-                replace = getattr(adapter, "base_layer", None)
+        for name, adapter in self._adapters_in(model).items():
             _check_mergeable(name, adapter)
             adapter.merge()
-            if replace is not None:
+            if name not in self._param_targets:
                 parent, _, child = name.rpartition(".")
-                setattr(model.get_submodule(parent), child, replace)
-        for module in model.modules():
-            if "param_adapters" in module._modules:
-                del module._modules["param_adapters"]
-                module.__class__ = module._adapted_base
+                setattr(model.get_submodule(parent), child, adapter.base_layer)
+        remove_parameter_adapters(model)
         for param in model.parameters():
             param.requires_grad_(True)
         return model
-
-    # --------------------------------------------------------- named adapters
-    def _snapshot(self) -> dict[str, torch.Tensor]:
-        return {key: value.clone() for key, value in self.adapter_state_dict().items()}
-
-    def _swap_to(self, state: dict[str, torch.Tensor], name: str | None) -> None:
-        if not self.inserted:
-            raise RuntimeError("Call insert_adapters() before managing named adapters.")
-        if self.merged:
-            raise RuntimeError("Unmerge the adapters before switching or disabling them.")
-        if self.active_adapter is not None:
-            self._bank[self.active_adapter] = self._snapshot()
-        self.adapted_model.load_state_dict(state, strict=False)
-        self.active_adapter = name
-
-    @property
-    def adapter_names(self) -> list[str]:
-        """Names of the adapter sets held, the active one included."""
-        names = set(self._bank) | ({self.active_adapter} if self.active_adapter else set())
-        return sorted(names)
-
-    def add_adapter(self, name: str) -> None:
-        """Start a new adapter set ``name`` at its initial state and make it active.
-
-        All sets share this model's adapted layers, adapter class and kwargs;
-        each holds its own adapters, unfrozen layers and BatchNorm statistics.
-        Switching copies those (small) tensors: one base serves several domains.
-
-        Example
-        -------
-        >>> from adapters import LoRA
-        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4))
-        >>> model = AdaptedModel(net, LoRA, all_linear=True, adapter_kwargs={"rank": 2})
-        >>> x = torch.randn(1, 4)
-        >>> _ = model.adapted_model[0].lora_B.data.fill_(1.0)
-        >>> noisy = model(x)
-        >>> model.add_adapter("telephone")
-        >>> torch.equal(model(x), net[0].base_layer(x)), model.adapter_names
-        (True, ['default', 'telephone'])
-        >>> model.set_adapter("default")
-        >>> torch.equal(model(x), noisy)
-        True
-        """
-        if name in self.adapter_names:
-            raise ValueError(f"An adapter named {name!r} exists already: {self.adapter_names}.")
-        self._swap_to(getattr(self, "_initial_state", {}), name)
-
-    def set_adapter(self, name: str) -> None:
-        """Make the adapter set ``name`` active (this also re-enables adapters)."""
-        if name == self.active_adapter:
-            return
-        if name not in self._bank:
-            raise KeyError(f"No adapter named {name!r}; available: {self.adapter_names}.")
-        self._swap_to(self._bank.pop(name), name)
-
-    def disable_adapters(self) -> None:
-        """Compute the pure base model until ``set_adapter`` is called."""
-        if self.active_adapter is not None:
-            self._swap_to(getattr(self, "_initial_state", {}), None)
-
-    def delete_adapter(self, name: str) -> None:
-        """Forget the adapter set ``name`` (switch away from it first)."""
-        if name == self.active_adapter:
-            raise ValueError(f"{name!r} is active: set_adapter() to another one first.")
-        if name not in self._bank:
-            raise KeyError(f"No adapter named {name!r}; available: {self.adapter_names}.")
-        del self._bank[name]
 
     # ------------------------------------------------------------- statistics
     def num_trainable_parameters(self) -> int:
@@ -444,18 +367,15 @@ class AdaptedModel(nn.Module):
           unfrozen  *
         """
         trainable, total = self.num_trainable_parameters(), self.num_parameters()
-        cls = getattr(self.adapter_class, "__name__", str(self.adapter_class))
         text = (
-            f"{cls} on {len(self.adapted_layers)} layers, {len(self.unfrozen_layers)} unfrozen "
-            f"layers; trainable parameters {trainable:,} of {total:,} "
-            f"({100.0 * trainable / max(total, 1):.2f}%)"
+            f"{_name(self.adapter_class)} on {len(self.adapted_layers)} layers, "
+            f"{len(self.unfrozen_layers)} unfrozen layers; trainable parameters {trainable:,} of "
+            f"{total:,} ({100.0 * trainable / max(total, 1):.2f}%)"
         )
-        if not layers:
-            return text
         lines = [text]
         for kind, names in (("adapted", self.adapted_layers), ("unfrozen", self.unfrozen_layers)):
             folded = Counter(re.sub(r"(?<![^.])\d+(?![^.])", "*", name) for name in names)
-            for pattern, count in folded.items():
+            for pattern, count in folded.items() if layers else ():
                 lines.append(f"  {kind:<9} {pattern}" + (f" (x{count})" if count > 1 else ""))
         return "\n".join(lines)
 
@@ -485,17 +405,14 @@ class AdaptedModel(nn.Module):
         def trained_buffer(owner: str) -> bool:
             return (
                 owner in norms
-                or any(_within(owner, u) for u in self.unfrozen_layers)
-                or any(_within(owner, a) and not _within(owner, b) for a, b in adapted)
+                or any(within(owner, u) for u in self.unfrozen_layers)
+                or any(within(owner, a) and not within(owner, b) for a, b in adapted)
             )
 
         state = {}
         for key, value in self.adapted_model.state_dict(keep_vars=True).items():
-            if isinstance(value, nn.Parameter):
-                keep = value.requires_grad
-            else:
-                keep = trained_buffer(key.rpartition(".")[0])
-            if keep:
+            keep = value.requires_grad if isinstance(value, nn.Parameter) else None
+            if keep if keep is not None else trained_buffer(key.rpartition(".")[0]):
                 state[key] = value.detach()
         return state
 
@@ -506,14 +423,20 @@ class AdaptedModel(nn.Module):
             if isinstance(value, nn.Parameter) and not value.requires_grad:
                 state[key.replace("base_layer.", "")] = value.detach()
         for name, adapter in self.adapters().items():  # merged weights: the original
-            if isinstance(adapter, Adapter) and adapter.merged:
-                state[f"{name}.weight"] = adapter._unmerged_weight
-            elif name in self._foreign_backup:
-                state[f"{name}.weight"] = self._foreign_backup[name]
+            merged = isinstance(adapter, Adapter) and adapter.merged
+            original = adapter._unmerged_weight if merged else self._foreign_backup.get(name)
+            target = self._param_targets.get(name)
+            if original is not None and target is None:
+                state[f"{name}.weight"] = original
+            elif original is not None:
+                key = f"{target.owner}.{target.param}".lstrip(".")
+                state[key] = state[key].clone()
+                state[key][target.rows] = original
         return state
 
     def save_adapter(self, path: str) -> None:
         """Write the adapter-only state to ``path`` (safetensors + JSON metadata)."""
+        self._require_inserted("save_adapter() called")
         meta = {
             "adapter_class": getattr(self.adapter_class, "__qualname__", str(self.adapter_class)),
             "adapter_module": getattr(self.adapter_class, "__module__", ""),

@@ -16,7 +16,7 @@ from torch import nn
 
 #: Layer types whose ``weight`` adapters of this library know how to update.
 LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear,)
-CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d)
+CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def accept_plain_keys(module: Adapter, state_dict: dict, prefix: str, *args: object) -> None:

@@ -14,6 +14,8 @@ Authors
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -69,9 +71,10 @@ class _FusedDoRALinear(torch.autograd.Function):
 
 
 class DoRA(LoRA):
-    """Magnitude and low-rank direction update of a Linear, Conv1d or Conv2d.
+    """Magnitude and low-rank direction update of a Linear or convolution layer.
 
-    Takes the arguments of ``LoRA``.
+    Takes the arguments of ``LoRA`` (``rank``, ``alpha``, ``dropout``, ``use_rslora``,
+    ``init``).
 
     Example
     -------
@@ -84,29 +87,28 @@ class DoRA(LoRA):
     torch.Size([8])
     """
 
-    def __init__(
-        self,
-        target_module: nn.Module,
-        rank: int = 8,
-        alpha: float | None = None,
-        dropout: float = 0.0,
-        use_rslora: bool = False,
-        init: str = "kaiming",
-    ) -> None:
-        super().__init__(target_module, rank, alpha, dropout, use_rslora, init)
+    def __init__(self, target_module: nn.Module, **lora_kwargs: Any) -> None:
+        super().__init__(target_module, **lora_kwargs)
         self.magnitude = nn.Parameter(_unit_norm(target_module.weight.detach()).clone())
 
-    def _scale(self) -> torch.Tensor:
-        """``m / ||W + s B A||`` with the norm detached, shaped ``[out]``."""
-        norm = _unit_norm(self.base_layer.weight + self.lowrank_delta()).detach()
-        return self.magnitude / norm
+    def _scale(self, adapted: torch.Tensor) -> torch.Tensor:
+        """``m / ||W'||`` for an adapted weight ``W'``, the norm detached, shaped ``[out]``."""
+        return self.magnitude / _unit_norm(adapted).detach()
+
+    def adapted_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """``m * W' / ||W'||`` with ``W' = weight + s B A``, the norm a constant in backward.
+
+        This is the weight raw-parameter targets (attention Q/K/V, recurrent
+        weights) read, so their gradients follow the same rule as the forward
+        of a wrapped layer.
+        """
+        adapted = weight + self.lowrank_delta()
+        return self._scale(adapted).view((-1,) + (1,) * (weight.dim() - 1)) * adapted
 
     def delta_weight(self) -> torch.Tensor:
         """The change to the base weight: ``m * W' / ||W'|| - W``."""
         weight = self.base_layer.weight
-        adapted = weight + self.lowrank_delta()
-        shape = (-1,) + (1,) * (weight.dim() - 1)
-        return self.magnitude.view(shape) * adapted / _unit_norm(adapted).view(shape) - weight
+        return self.adapted_weight(weight) - weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Rescaled base-plus-low-rank output, then the base bias.
@@ -119,9 +121,7 @@ class DoRA(LoRA):
             return layer(x)
         if self.fusable():
             if not needs_grad(x, self.lora_A, self.lora_B, self.magnitude):
-                weight = torch.addmm(layer.weight, self.lora_B, self.lora_A, alpha=self.scaling)
-                weight = weight * (self.magnitude / _unit_norm(weight)).unsqueeze(1)
-                return F.linear(x, weight, layer.bias)
+                return F.linear(x, self.adapted_weight(layer.weight), layer.bias)
             return _FusedDoRALinear.apply(
                 x, layer.weight, layer.bias, self.lora_A, self.lora_B, self.magnitude,
                 self.scaling,
@@ -129,7 +129,8 @@ class DoRA(LoRA):
         linear = isinstance(layer, LINEAR_TYPES)
         base = F.linear(x, layer.weight) if linear else layer._conv_forward(x, layer.weight, None)
         shape = (-1,) if linear else (-1,) + (1,) * (x.dim() - 2)
-        out = self._scale().view(shape) * (base + self.lowrank_branch(x))
+        scale = self._scale(layer.weight + self.lowrank_delta())
+        out = scale.view(shape) * (base + self.lowrank_branch(x))
         if layer.bias is not None:
             out = out + layer.bias.view(shape)
         return out

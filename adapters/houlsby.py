@@ -1,4 +1,4 @@
-"""Houlsby bottleneck adapter after a Linear or convolution layer.
+"""Houlsby bottleneck adapter after a Linear or convolution layer (and SpeechBrain's name for it).
 
 Houlsby et al., "Parameter-Efficient Transfer Learning for NLP", 2019,
 https://arxiv.org/abs/1902.00751: ``h + up(act(down(h)))`` with ``h`` the frozen
@@ -35,6 +35,8 @@ class Houlsby(Adapter):
         Class (or factory) of the nonlinearity, e.g. ``torch.nn.GELU``.
     dropout : float
         Dropout inside the bottleneck.
+    bias : bool
+        Whether the down and up projections have biases (SpeechBrain's argument).
 
     Example
     -------
@@ -53,22 +55,23 @@ class Houlsby(Adapter):
         projection_size: int = 32,
         activation: Callable[[], nn.Module] = nn.GELU,
         dropout: float = 0.0,
+        bias: bool = True,
     ) -> None:
         super().__init__(target_module)
         if isinstance(target_module, LINEAR_TYPES):
             features = target_module.out_features
 
             def project(i: int, o: int) -> nn.Module:
-                return nn.Linear(i, o)
+                return nn.Linear(i, o, bias=bias)
         elif isinstance(target_module, CONV_TYPES):
             features = target_module.out_channels
             conv = type(target_module)
 
             def project(i: int, o: int) -> nn.Module:
-                return conv(i, o, kernel_size=1)
+                return conv(i, o, kernel_size=1, bias=bias)
         else:
             raise TypeError(
-                f"Houlsby adapts nn.Linear, nn.Conv1d and nn.Conv2d, not "
+                f"{type(self).__name__} adapts nn.Linear and nn.Conv1d/2d/3d, not "
                 f"{type(target_module).__name__}; choose other target_layers."
             )
         if not isinstance(projection_size, int) or projection_size < 1:
@@ -79,7 +82,8 @@ class Houlsby(Adapter):
         self.down = project(features, projection_size).to(**factory)
         self.up = project(projection_size, features).to(**factory)
         nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+        if bias:
+            nn.init.zeros_(self.up.bias)
         self.activation = activation()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
@@ -87,3 +91,29 @@ class Houlsby(Adapter):
         """Frozen layer output plus the bottleneck's residual."""
         h = self.base_layer(x)
         return h + self.up(self.dropout(self.activation(self.down(h))))
+
+
+class HoulsbyAdapterLinear(Houlsby):
+    """Drop-in name for ``speechbrain.nnet.adapters.HoulsbyAdapterLinear``.
+
+    Takes SpeechBrain's arguments (``target_linear``, ``projection_size``,
+    ``activation``, ``bias``), so the tutorial's YAML runs after changing only
+    the module path; the up projection starts at zero (identity at insertion).
+
+    Example
+    -------
+    >>> layer = HoulsbyAdapterLinear(torch.nn.Linear(8, 8), projection_size=2, bias=False)
+    >>> layer.up.bias is None
+    True
+    """
+
+    def __init__(
+        self,
+        target_linear: nn.Module,
+        projection_size: int,
+        activation: Callable[[], nn.Module] = nn.GELU,
+        bias: bool = True,
+    ) -> None:
+        if not isinstance(target_linear, LINEAR_TYPES):
+            raise TypeError(f"HoulsbyAdapterLinear adapts nn.Linear, not {type(target_linear).__name__}.")
+        super().__init__(target_linear, projection_size, activation, bias=bias)

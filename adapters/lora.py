@@ -1,4 +1,4 @@
-"""LoRA: low-rank adaptation of Linear and convolution layers.
+"""LoRA: low-rank adaptation of Linear, convolution and raw weight parameters.
 
 Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", 2021,
 https://arxiv.org/abs/2106.09685. The frozen weight ``W`` is used as
@@ -27,6 +27,7 @@ from torch import nn
 from adapters.base import CONV_TYPES, LINEAR_TYPES, Adapter
 
 _INITS = ("kaiming", "gaussian")
+_CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 def lowrank_grads(
@@ -103,15 +104,22 @@ def needs_grad(x: torch.Tensor, *params: torch.Tensor) -> bool:
 
 
 class LoRA(Adapter):
-    """Low-rank update of a Linear, Conv1d or Conv2d layer.
+    """Low-rank update of a Linear or convolution layer (or, through
+    ``AdaptedModel``, of a weight held as a raw parameter).
+
+    For a convolution, ``A`` is a convolution with the base geometry (kernel,
+    stride, padding and its mode, dilation) and ``B`` a pointwise one, so the
+    rank is bounded by ``min(out_channels, in_channels x kernel size)``, as in
+    SpeechBrain 1.1.2. A grouped (or depthwise) convolution gets a rank-``rank``
+    update per group: ``A`` and ``B`` are grouped like the base, which keeps the
+    update block-diagonal, so it merges exactly into the grouped weight.
 
     Arguments
     ---------
     target_module : torch.nn.Module
-        The pretrained ``nn.Linear``, ``nn.Conv1d`` or ``nn.Conv2d``
-        (``groups=1``). It is frozen.
+        The pretrained ``nn.Linear`` or ``nn.Conv1d/2d/3d``. It is frozen.
     rank : int
-        Rank of the update, between 1 and ``min(in, out)``.
+        Rank of the update (of each group's update).
     alpha : float, optional
         Scale numerator; defaults to ``rank`` (scale 1).
     dropout : float
@@ -132,9 +140,11 @@ class LoRA(Adapter):
     True
     >>> lora.lora_A.shape, lora.lora_B.shape
     (torch.Size([4, 16]), torch.Size([32, 4]))
-    >>> conv = LoRA(torch.nn.Conv1d(8, 8, kernel_size=3, padding=1), rank=2)
-    >>> conv(torch.randn(1, 8, 20)).shape
-    torch.Size([1, 8, 20])
+    >>> LoRA(torch.nn.Conv1d(1, 512, kernel_size=10), rank=4).lora_A.shape  # rank <= 1 x 10
+    torch.Size([4, 1, 10])
+    >>> depthwise = LoRA(torch.nn.Conv1d(8, 8, kernel_size=3, groups=8), rank=1)
+    >>> depthwise.delta_weight().shape == depthwise.base_layer.weight.shape
+    True
     """
 
     mergeable = True
@@ -149,36 +159,36 @@ class LoRA(Adapter):
         init: str = "kaiming",
     ) -> None:
         super().__init__(target_module)
+        name = type(self).__name__
         if not isinstance(target_module, LINEAR_TYPES + CONV_TYPES):
             raise TypeError(
-                f"LoRA adapts nn.Linear, nn.Conv1d and nn.Conv2d, not "
-                f"{type(target_module).__name__}; choose other target_layers."
-            )
-        if isinstance(target_module, CONV_TYPES) and target_module.groups != 1:
-            raise ValueError(
-                f"LoRA does not support grouped convolutions (groups={target_module.groups}); "
-                "exclude this layer from target_layers."
+                f"{name} adapts nn.Linear and nn.Conv1d/2d/3d modules, not "
+                f"{type(target_module).__name__}. Recurrent and attention weights are reached "
+                "by name through AdaptedModel (e.g. 'rnn.weight_ih_l0', 'attn.q_proj'); leave "
+                "other layers out with exclude_layers."
             )
         if init not in _INITS:
-            raise ValueError(f"Unknown LoRA init {init!r}; use one of {_INITS}.")
+            raise ValueError(f"Unknown {name} init {init!r}; use one of {_INITS}.")
         weight = target_module.weight
-        out_features, in_features = weight.shape[0], weight.shape[1]
-        if not isinstance(rank, int) or not 1 <= rank <= min(in_features, out_features):
+        self.groups = getattr(target_module, "groups", 1)
+        kernel = tuple(weight.shape[2:])  # () for Linear
+        down_features = self._down_features(weight.shape[1])
+        limit = min(weight.shape[0] // self.groups, down_features * math.prod(kernel))
+        if not isinstance(rank, int) or not 1 <= rank <= limit:
             raise ValueError(
-                f"LoRA rank must be an integer in [1, {min(in_features, out_features)}] for "
-                f"this {tuple(weight.shape)} weight, got {rank!r}; lower the rank or leave this layer out of the adapted layers."
+                f"{name} rank must be an integer in [1, {limit}] for this {tuple(weight.shape)} "
+                f"weight (groups={self.groups}), got {rank!r}; lower the rank or leave this "
+                "layer out (exclude_layers)."
             )
         self.rank = rank
         self.alpha = float(rank if alpha is None else alpha)
         self.scaling = self.alpha / (math.sqrt(rank) if use_rslora else rank)
         self.use_rslora = use_rslora
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-
-        kernel = tuple(weight.shape[2:])  # () for Linear
         factory = {"device": weight.device, "dtype": weight.dtype}
-        down_features = self._down_features(in_features)
-        self.lora_A = nn.Parameter(torch.empty(rank, down_features, *kernel, **factory))
-        self.lora_B = nn.Parameter(torch.zeros(out_features, rank, *(1,) * len(kernel), **factory))
+        a_shape = (self.groups * rank, down_features, *kernel)
+        self.lora_A = nn.Parameter(torch.empty(a_shape, **factory))
+        self.lora_B = nn.Parameter(torch.zeros(weight.shape[0], rank, *(1,) * len(kernel), **factory))
         if init == "kaiming":
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         else:
@@ -201,7 +211,7 @@ class LoRA(Adapter):
         return self._expand_A(self.lora_A)
 
     def lowrank_delta(self) -> torch.Tensor:
-        """Return ``s * B @ A`` in the shape of the base weight.
+        """Return ``s * B @ A`` (per group) in the shape of the base weight.
 
         Example
         -------
@@ -209,8 +219,9 @@ class LoRA(Adapter):
         >>> lora.lowrank_delta().shape
         torch.Size([6, 3, 3, 3])
         """
-        b = self.lora_B.flatten(1)
-        return self.scaling * torch.einsum("or,ri...->oi...", b, self._full_A())
+        b = self.lora_B.flatten(1).unflatten(0, (self.groups, -1))
+        a = self._full_A().unflatten(0, (self.groups, -1))
+        return self.scaling * torch.einsum("gor,gri...->goi...", b, a).flatten(0, 1)
 
     def delta_weight(self) -> torch.Tensor:
         """The change to the base weight: the low-rank update."""
@@ -221,10 +232,10 @@ class LoRA(Adapter):
         h = self._down_input(self.dropout(x))
         if isinstance(self.base_layer, LINEAR_TYPES):
             update = F.linear(F.linear(h, self.lora_A), self.lora_B)
-        else:
-            conv = F.conv1d if isinstance(self.base_layer, nn.Conv1d) else F.conv2d
-            # A shares the base geometry (stride, padding, dilation); B is pointwise.
-            update = conv(self.base_layer._conv_forward(h, self.lora_A, None), self.lora_B)
+        else:  # A shares the base geometry; B is pointwise, grouped like the base
+            conv = _CONVS[self.lora_B.dim() - 2]
+            a_out = self.base_layer._conv_forward(h, self.lora_A, None)
+            update = conv(a_out, self.lora_B, groups=self.groups)
         return self.scaling * update
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -259,4 +270,5 @@ class LoRA(Adapter):
 
     def extra_repr(self) -> str:
         text = f"rank={self.rank}, alpha={self.alpha:g}, scaling={self.scaling:g}"
+        text += f", groups={self.groups}" if self.groups > 1 else ""
         return f"{text}, merged=True" if self.merged else text

@@ -18,6 +18,7 @@ Authors
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -52,19 +53,11 @@ class PoolLoRA(LoRA):
     ---------
     target_module : torch.nn.Module
         The pretrained layer; features are pooled along the last dimension
-        for Linear and along channels for convolutions.
+        for Linear and along channels for convolutions (``groups=1``).
     stride : int
         Pooling factor of the input features.
-    rank : int
-        Rank of the update.
-    alpha : float, optional
-        Scale numerator, ``alpha / rank``; defaults to ``rank``.
-    dropout : float
-        Dropout on the input of the low-rank branch.
-    use_rslora : bool
-        Scale by ``alpha / sqrt(rank)``.
-    init : str
-        Initialisation of ``A``, as for ``LoRA``.
+    **lora_kwargs
+        ``rank``, ``alpha``, ``dropout``, ``use_rslora``, ``init``, as for ``LoRA``.
 
     Example
     -------
@@ -77,20 +70,16 @@ class PoolLoRA(LoRA):
     True
     """
 
-    def __init__(
-        self,
-        target_module: nn.Module,
-        stride: int = 2,
-        rank: int = 8,
-        alpha: float | None = None,
-        dropout: float = 0.0,
-        use_rslora: bool = False,
-        init: str = "kaiming",
-    ) -> None:
+    def __init__(self, target_module: nn.Module, stride: int = 2, **lora_kwargs: Any) -> None:
         if not isinstance(stride, int) or stride < 1:
             raise ValueError(f"PoolLoRA stride must be a positive integer, got {stride!r}.")
         self.stride = stride
-        super().__init__(target_module, rank, alpha, dropout, use_rslora, init)
+        super().__init__(target_module, **lora_kwargs)
+        if self.groups != 1:
+            raise ValueError(
+                f"PoolLoRA pools input channels across groups, so it cannot adapt a grouped "
+                f"convolution (groups={self.groups}); use LoRA or DoRA, or exclude_layers."
+            )
         in_features = target_module.weight.shape[1]
         group = torch.arange(in_features) // stride
         counts = torch.bincount(group).to(target_module.weight.dtype)

@@ -129,7 +129,7 @@ def test_unsupported_layers_are_refused():
     with pytest.raises(TypeError, match="LoRA adapts"):
         LoRA(nn.LSTM(4, 4), rank=1)
     with pytest.raises(ValueError, match="grouped"):
-        LoRA(nn.Conv1d(4, 4, 3, groups=4), rank=1)
+        PoolLoRA(nn.Conv1d(4, 4, 3, groups=4), rank=1)
 
 
 def test_only_adapters_and_unfrozen_layers_train():
@@ -401,7 +401,7 @@ def test_fused_dora_matches_the_reference_computation(bias):
     for t in leaves:
         t.grad = None
     base = layer.base_layer
-    reference = layer._scale() * (nn.functional.linear(x, base.weight) + layer.lowrank_branch(x))
+    reference = layer._scale(base.weight + layer.lowrank_delta()) * (nn.functional.linear(x, base.weight) + layer.lowrank_branch(x))
     if bias:
         reference = reference + base.bias
     reference.backward(grad)

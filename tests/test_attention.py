@@ -105,7 +105,7 @@ def test_attention_adapter_round_trip(kind, tmp_path):
 
 
 def test_module_adapters_cannot_take_raw_projections():
-    with pytest.raises(TypeError, match="raw attention parameter"):
+    with pytest.raises(TypeError, match="held as a raw parameter"):
         AdaptedModel(make("relpos"), Houlsby, target_layers=["att.q_proj"])
     # with all_linear, a module adapter adapts the real Linear layers only
     model = AdaptedModel(make("sb_mha"), Houlsby, all_linear=True)
