@@ -201,11 +201,14 @@ class AdaptedModel(AdapterBank):
                     f"Cannot adapt {name} ({type(layer).__name__}) with {cls}: {err} To leave "
                     f"it out, add {name!r} to exclude_layers."
                 ) from err
-            if not isinstance(adapter, nn.Module) or all(m is not layer for m in adapter.modules()):
+            base = {id(p) for p in layer.parameters()}
+            wraps = isinstance(adapter, nn.Module) and any(m is layer for m in adapter.modules())
+            if not wraps or all(id(p) in base for p in adapter.parameters()):
                 raise TypeError(
                     f"adapter_class {cls} returned a {type(adapter).__name__} for {name} that does "
-                    "not wrap the layer it was given. An adapter class takes the layer as its "
-                    "first argument and keeps it as a submodule (e.g. adapters.LoRA)."
+                    "not wrap the layer it was given with parameters of its own to train. An "
+                    "adapter class takes the layer as its first argument and keeps it as a "
+                    "submodule (e.g. adapters.LoRA)."
                 )
             for param in layer.parameters():  # user classes may forget this
                 param.requires_grad_(False)

@@ -97,7 +97,7 @@ class HoulsbyAdapterLinear(Houlsby):
     """Drop-in name for ``speechbrain.nnet.adapters.HoulsbyAdapterLinear``.
 
     Takes SpeechBrain's arguments (``target_linear``, ``projection_size``,
-    ``activation``, ``bias``), so the tutorial's YAML runs after changing only
+    ``activation`` defaulting to Swish, i.e. ``nn.SiLU``, ``bias``), so the tutorial's YAML runs after changing only
     the module path; the up projection starts at zero (identity at insertion).
 
     Example
@@ -111,7 +111,7 @@ class HoulsbyAdapterLinear(Houlsby):
         self,
         target_linear: nn.Module,
         projection_size: int,
-        activation: Callable[[], nn.Module] = nn.GELU,
+        activation: Callable[[], nn.Module] = nn.SiLU,
         bias: bool = True,
     ) -> None:
         if not isinstance(target_linear, LINEAR_TYPES):
