@@ -20,6 +20,11 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from speechbrain.utils import checkpoints
+from torch import nn
+
+from adapters.base import Adapter
+from adapters.selection import within
 
 FORMAT = "speech-adapters/1"
 _META_KEY = "speech_adapters"
@@ -141,3 +146,95 @@ def load_adapter_file(
             f"settings it was saved with: {meta.get('adapter_class')} {meta.get('adapter_kwargs')}."
         )
     return tensors
+
+
+@checkpoints.register_checkpoint_hooks
+class AdapterCheckpoints(nn.Module):
+    """What ``AdaptedModel`` saves and loads: the trained tensors, checked against the base."""
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """What was trained: the trainable parameters, the buffers of adapters
+        and unfrozen layers, and the running statistics of every BatchNorm
+        (they move in training mode even when the layer is frozen).
+
+        Keys are those of ``model_to_adapt.state_dict()`` after insertion.
+
+        Example
+        -------
+        >>> from adapters import AdaptedModel, LoRA
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+        >>> sorted(AdaptedModel(net, LoRA, all_linear=True, adapter_kwargs={"rank": 1})
+        ...        .adapter_state_dict())  # doctest: +NORMALIZE_WHITESPACE
+        ['0.lora_A', '0.lora_B', '1.num_batches_tracked', '1.running_mean', '1.running_var']
+        """
+        adapted = [(name, f"{name}.base_layer") for name in self.adapters()]
+        norms = {
+            name
+            for name, module in self.adapted_model.named_modules()
+            if isinstance(module, nn.modules.batchnorm._NormBase)
+        }
+
+        def trained_buffer(owner: str) -> bool:
+            return (
+                owner in norms
+                or any(within(owner, u) for u in self.unfrozen_layers)
+                or any(within(owner, a) and not within(owner, b) for a, b in adapted)
+            )
+
+        state = {}
+        for key, value in self.adapted_model.state_dict(keep_vars=True).items():
+            keep = value.requires_grad if isinstance(value, nn.Parameter) else None
+            if keep if keep is not None else trained_buffer(key.rpartition(".")[0]):
+                state[key] = value.detach()
+        return state
+
+    def base_state(self) -> dict[str, torch.Tensor]:
+        """The frozen pretrained tensors, under their names in the plain model."""
+        state = {}
+        for key, value in self.adapted_model.state_dict(keep_vars=True).items():
+            if isinstance(value, nn.Parameter) and not value.requires_grad:
+                state[key.replace("base_layer.", "")] = value.detach()
+        for name, adapter in self.adapters().items():  # merged weights: the original
+            merged = isinstance(adapter, Adapter) and adapter.merged
+            original = adapter._unmerged_weight if merged else self._foreign_backup.get(name)
+            target = self._param_targets.get(name)
+            if original is not None and target is None:
+                state[f"{name}.weight"] = original
+            elif original is not None:
+                key = f"{target.owner}.{target.param}".lstrip(".")
+                state[key] = state[key].clone()
+                state[key][target.rows] = original
+        return state
+
+    def save_adapter(self, path: str) -> None:
+        """Write the adapter-only state to ``path`` (safetensors + JSON metadata)."""
+        self._require_inserted("save_adapter() called")
+        meta = {
+            "adapter_class": getattr(self.adapter_class, "__qualname__", str(self.adapter_class)),
+            "adapter_module": getattr(self.adapter_class, "__module__", ""),
+            "adapter_kwargs": self.adapter_kwargs,
+            "adapted_layers": self.adapted_layers,
+            "unfrozen_layers": self.unfrozen_layers,
+        }
+        save_adapter_file(path, self.adapter_state_dict(), meta, self.base_state())
+
+    def load_adapter(self, path: str) -> None:
+        """Load a file written by ``save_adapter``; refuses another base model."""
+        if not self.inserted:
+            self.insert_adapters()
+        expected = self.adapter_state_dict()
+        tensors = load_adapter_file(path, self.base_state(), expected)
+        self.adapted_model.load_state_dict(tensors, strict=False)
+
+    @checkpoints.mark_as_saver
+    def _save(self, path: str) -> None:
+        self.save_adapter(path)
+
+    @checkpoints.mark_as_loader
+    def _load(self, path: str, end_of_epoch: bool) -> None:
+        del end_of_epoch
+        self.load_adapter(path)
+
+    @checkpoints.mark_as_transfer
+    def _transfer(self, path: str) -> None:
+        self.load_adapter(path)

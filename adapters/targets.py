@@ -100,11 +100,10 @@ def parameter_targets(model: nn.Module) -> dict[str, ParamTarget]:
         if isinstance(module, nn.MultiheadAttention):
             out = _join(name, "out_proj")
             targets[out] = ParamTarget(out, "weight", slice(None), name, "attention projection")
-        packed = {param for param, _ in blocks.values()}
         recurrent = isinstance(module, nn.RNNBase)
         label = f"{type(module).__name__} weight"
         for pname, param in module.named_parameters(recurse=False):
-            if param.dim() >= 2 and pname not in packed:
+            if param.dim() >= 2:
                 holder = name if recurrent else None
                 targets.setdefault(
                     _join(name, pname), ParamTarget(name, pname, slice(None), holder, label)
@@ -168,6 +167,13 @@ def _flatten_plain_weights(self: nn.RNNBase) -> None:
         self._adapted_base.flatten_parameters(self)
 
 
+def _read_flat_weights(self: nn.RNNBase) -> None:
+    """The weights the recurrent kernel gets: each read once per call, adapted where adapted."""
+    names = self._flat_weights_names
+    self._flat_weights = [getattr(self, n) if n in self._parameters else None for n in names]
+    self.flatten_parameters()
+
+
 def _plain_state(self: nn.RNNBase) -> dict:
     """Copy and pickle the parameters, not the adapted weights of the last call."""
     state = self._adapted_base.__getstate__(self)
@@ -190,7 +196,11 @@ def _adapted_class(cls: type[nn.Module]) -> type[nn.Module]:
 
         body = {"__getattr__": getattr_, "_adapted_base": cls}
         if issubclass(cls, nn.RNNBase):
-            body.update(flatten_parameters=_flatten_plain_weights, __getstate__=_plain_state)
+            body.update(
+                _update_flat_weights=_read_flat_weights,
+                flatten_parameters=_flatten_plain_weights,
+                __getstate__=_plain_state,
+            )
         _ADAPTED_CLASSES[cls] = type(cls.__name__, (cls,), body)
     return _ADAPTED_CLASSES[cls]
 
