@@ -151,7 +151,8 @@ class AdaptedModel(AdapterCheckpoints, AdapterBank):
         self.left_out = chosen.left_out_message()
         if not self.adapted_layers and (all_linear or all_conv or target_layers):
             raise ValueError(
-                "No layer was selected for adaptation: " + (self.left_out or "none fits.")
+                "No layer was selected for adaptation: "
+                + (self.left_out or "none fits.")
                 + " Revise target_layers, unfrozen_layers or exclude_layers."
             )
         for param in model_to_adapt.parameters():
@@ -229,7 +230,9 @@ class AdaptedModel(AdapterCheckpoints, AdapterBank):
         entered: dict[str, bool] = {}
 
         def record(name: str) -> Callable[..., None]:
-            return lambda *_: None if name in entered else entered.update({name: torch.is_grad_enabled()})
+            return lambda *_: (
+                None if name in entered else entered.update({name: torch.is_grad_enabled()})
+            )
 
         named = self.adapted_model.named_modules()
         handles = [module.register_forward_pre_hook(record(name)) for name, module in named]

@@ -1,12 +1,9 @@
 """DoRA: weight-decomposed low-rank adaptation.
 
-Liu et al., "DoRA: Weight-Decomposed Low-Rank Adaptation", 2024,
-https://arxiv.org/abs/2402.09353. The adapted weight is
-``m * (W + s B A) / ||W + s B A||`` with the norm taken per output unit and
-``m`` a trainable magnitude initialised to ``||W||`` (so the layer is unchanged
-at insertion). As the paper recommends, the norm is treated as a constant in
-the backward pass, which spares the gradient of the full weight: the forward
-is computed as ``m / ||W'|| * (x W^T + s x A^T B^T) + b``.
+Liu et al. 2024, https://arxiv.org/abs/2402.09353: the weight is ``m W' / ||W'||``
+with ``W' = W + s B A``, the norm per output unit, ``m`` trainable and starting at
+``||W||`` (identity at insertion). As the paper recommends, the norm is a constant
+in backward, which spares the full weight gradient.
 
 Authors
  * speech-adapters contributors 2026
@@ -21,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapters.base import LINEAR_TYPES
-from adapters.lora import LoRA, lowrank_grads, needs_grad
+from adapters.lora import LoRA, linear_into_fresh, lowrank_grads, needs_grad
 
 
 def _unit_norm(weight: torch.Tensor) -> torch.Tensor:
@@ -32,11 +29,8 @@ def _unit_norm(weight: torch.Tensor) -> torch.Tensor:
 class _FusedDoRALinear(torch.autograd.Function):
     """``m / ||W'|| * (x W'^T) + b`` with ``W' = W + s B A``, in one matmul.
 
-    The norm is a constant in the backward pass, as in the paper. The backward
-    gets ``dx`` from the merged weight, the magnitude's gradient from the saved
-    pre-scale output ``x W'^T``, and the gradients of ``A`` and ``B`` from
-    rank-r products (no full weight gradient). Saves the input and the
-    pre-scale output.
+    The backward (norm constant) takes ``dx`` from the merged weight, ``m``'s gradient
+    from the saved pre-scale output, and ``A``, ``B``'s from rank-r products.
     """
 
     @staticmethod
@@ -44,9 +38,7 @@ class _FusedDoRALinear(torch.autograd.Function):
         merged = torch.addmm(weight, lora_b, lora_a, alpha=scaling)
         norm = _unit_norm(merged)
         scale = magnitude / norm
-        # A fresh (non-view) output, so that callers may modify it in place.
-        pre = x.new_empty(*x.shape[:-1], merged.shape[0])
-        torch.mm(x.reshape(-1, x.shape[-1]), merged.t(), out=pre.view(-1, merged.shape[0]))
+        pre = linear_into_fresh(x, merged)
         out = pre * scale if bias is None else torch.addcmul(bias, pre, scale)
         ctx.save_for_backward(x, pre, weight, lora_a, lora_b, norm, scale)
         ctx.scaling, ctx.has_bias = scaling, bias is not None
@@ -96,12 +88,8 @@ class DoRA(LoRA):
         return self.magnitude / _unit_norm(adapted).detach()
 
     def adapted_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        """``m * W' / ||W'||`` with ``W' = weight + s B A``, the norm a constant in backward.
-
-        This is the weight raw-parameter targets (attention Q/K/V, recurrent
-        weights) read, so their gradients follow the same rule as the forward
-        of a wrapped layer.
-        """
+        """``m W' / ||W'||``, ``W' = weight + s B A``, the norm constant in backward (as the
+        forward of a wrapped layer): what raw-weight targets read."""
         adapted = weight + self.lowrank_delta()
         return self._scale(adapted).view((-1,) + (1,) * (weight.dim() - 1)) * adapted
 
@@ -111,11 +99,7 @@ class DoRA(LoRA):
         return self.adapted_weight(weight) - weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Rescaled base-plus-low-rank output, then the base bias.
-
-        A frozen Linear base without dropout takes the fused path (one matmul
-        by the merged weight); without gradients that is the whole forward.
-        """
+        """Rescaled base-plus-low-rank output, then the bias (fused on a frozen Linear)."""
         layer = self.base_layer
         if self.merged:
             return layer(x)

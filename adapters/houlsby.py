@@ -14,6 +14,7 @@ Authors
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
@@ -58,18 +59,7 @@ class Houlsby(Adapter):
         bias: bool = True,
     ) -> None:
         super().__init__(target_module)
-        if isinstance(target_module, LINEAR_TYPES):
-            features = target_module.out_features
-
-            def project(i: int, o: int) -> nn.Module:
-                return nn.Linear(i, o, bias=bias)
-        elif isinstance(target_module, CONV_TYPES):
-            features = target_module.out_channels
-            conv = type(target_module)
-
-            def project(i: int, o: int) -> nn.Module:
-                return conv(i, o, kernel_size=1, bias=bias)
-        else:
+        if not isinstance(target_module, LINEAR_TYPES + CONV_TYPES):
             raise TypeError(
                 f"{type(self).__name__} adapts nn.Linear and nn.Conv1d/2d/3d, not "
                 f"{type(target_module).__name__}; choose other target_layers."
@@ -78,9 +68,12 @@ class Houlsby(Adapter):
             raise ValueError(
                 f"projection_size must be a positive integer, got {projection_size!r}."
             )
-        factory = {"device": target_module.weight.device, "dtype": target_module.weight.dtype}
-        self.down = project(features, projection_size).to(**factory)
-        self.up = project(projection_size, features).to(**factory)
+        weight = target_module.weight
+        convs = {3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}  # pointwise, by weight dimensions
+        project = nn.Linear if weight.dim() == 2 else partial(convs[weight.dim()], kernel_size=1)
+        factory = {"device": weight.device, "dtype": weight.dtype, "bias": bias}
+        self.down = project(weight.shape[0], projection_size, **factory)
+        self.up = project(projection_size, weight.shape[0], **factory)
         nn.init.zeros_(self.up.weight)
         if bias:
             nn.init.zeros_(self.up.bias)
@@ -107,13 +100,10 @@ class HoulsbyAdapterLinear(Houlsby):
     True
     """
 
-    def __init__(
-        self,
-        target_linear: nn.Module,
-        projection_size: int,
-        activation: Callable[[], nn.Module] = nn.SiLU,
-        bias: bool = True,
-    ) -> None:
+    def __init__(self, target_linear: nn.Module, projection_size: int,
+                 activation: Callable[[], nn.Module] = nn.SiLU, bias: bool = True) -> None:  # fmt: skip
         if not isinstance(target_linear, LINEAR_TYPES):
-            raise TypeError(f"HoulsbyAdapterLinear adapts nn.Linear, not {type(target_linear).__name__}.")
+            raise TypeError(
+                f"HoulsbyAdapterLinear adapts nn.Linear, not {type(target_linear).__name__}."
+            )
         super().__init__(target_linear, projection_size, activation, bias=bias)

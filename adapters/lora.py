@@ -1,16 +1,10 @@
 """LoRA: low-rank adaptation of Linear, convolution and raw weight parameters.
 
-Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", 2021,
-https://arxiv.org/abs/2106.09685. The frozen weight ``W`` is used as
-``W + s * B @ A`` with ``A`` of shape ``[rank, in]``, ``B`` of shape
-``[out, rank]`` initialised to zero (so the layer is unchanged at insertion)
-and the scale ``s = alpha / rank`` (or ``alpha / sqrt(rank)`` with rsLoRA,
-Kalajdzievski 2023, https://arxiv.org/abs/2312.03732).
-
-Unlike ``speechbrain.nnet.adapters.LoRA`` (whose default scale is
-``1 / rank``), ``alpha`` defaults to ``rank``: the scale is 1 whatever the
-rank, so changing ``--rank`` on the command line does not silently change the
-effective learning rate of the adapter.
+Hu et al. 2021, https://arxiv.org/abs/2106.09685: the frozen ``W`` is used as
+``W + s B A``, ``B`` starting at zero (identity at insertion), ``s = alpha / rank``
+(``alpha / sqrt(rank)`` with rsLoRA, https://arxiv.org/abs/2312.03732). Unlike
+SpeechBrain's LoRA (scale ``1 / rank``), ``alpha`` defaults to ``rank``: changing
+``--rank`` does not silently change the adapter's effective learning rate.
 
 Authors
  * speech-adapters contributors 2026
@@ -35,9 +29,8 @@ def lowrank_grads(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of ``A`` and ``B`` for an output ``s * h A^T B^T``, from 2-D tensors.
 
-    ``grad`` is ``[tokens, out]`` and ``h`` ``[tokens, in]``. The products are
-    taken in ``[rank, tokens]`` layout: MKL runs ``grad.t() @ (h A^T)`` about as
-    slowly as a full weight gradient, ``(A h^T) @ grad`` several times faster.
+    ``grad`` is ``[tokens, out]``, ``h`` ``[tokens, in]``. Products in ``[rank, tokens]``
+    layout: MKL runs ``(A h^T) @ grad`` several times faster than ``grad^T @ (h A^T)``.
 
     Example
     -------
@@ -53,17 +46,24 @@ def lowrank_grads(
     return grad_a, grad_b
 
 
+def linear_into_fresh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    """``x W^T + b`` in a fresh tensor, not a view: SpeechBrain modifies outputs in place."""
+    out = x.new_empty(*x.shape[:-1], weight.shape[0])
+    flat_in, flat_out = x.reshape(-1, x.shape[-1]), out.view(-1, weight.shape[0])
+    if bias is None:
+        torch.mm(flat_in, weight.t(), out=flat_out)
+    else:
+        torch.addmm(bias, flat_in, weight.t(), out=flat_out)
+    return out
+
+
 class _FusedLoRALinear(torch.autograd.Function):
     """``x (W + s B A P)^T + b`` in one matmul, with rank-r gradients.
 
-    ``P`` is the adapter's fixed map from the layer input to the input of
-    ``A`` (the identity for LoRA, feature pooling for PoolLoRA): ``down``
-    applies it to activations and ``expand`` turns ``A`` into ``A P``. The
-    forward multiplies by the merged weight (one pass over the input instead of
-    three); the backward gets ``dx`` from the merged weight and the gradients
-    of ``A`` and ``B`` from rank-r products, never forming the full weight
-    gradient that a frozen ``W`` does not need. Only ``down(x)`` is saved: the
-    input itself for LoRA, a ``stride`` times smaller tensor for PoolLoRA.
+    ``P`` maps the layer input to ``A``'s (identity for LoRA, pooling for PoolLoRA):
+    ``down`` applies it to activations, ``expand`` turns ``A`` into ``A P``. The
+    backward takes ``dx`` from the merged weight and ``A``, ``B`` gradients from
+    rank-r products (no full weight gradient); only ``down(x)`` is saved.
     """
 
     @staticmethod
@@ -72,15 +72,7 @@ class _FusedLoRALinear(torch.autograd.Function):
         ctx.save_for_backward(down(x), weight, lora_a, lora_b)
         ctx.scaling, ctx.expand = scaling, expand
         ctx.has_bias = bias is not None
-        # Write into a fresh tensor: an output that is a view would forbid the
-        # in-place ops that SpeechBrain applies to layer outputs (masked_fill_).
-        out = x.new_empty(*x.shape[:-1], merged.shape[0])
-        flat_in, flat_out = x.reshape(-1, x.shape[-1]), out.view(-1, merged.shape[0])
-        if bias is None:
-            torch.mm(flat_in, merged.t(), out=flat_out)
-        else:
-            torch.addmm(bias, flat_in, merged.t(), out=flat_out)
-        return out
+        return linear_into_fresh(x, merged, bias)
 
     @staticmethod
     def backward(ctx, grad):
@@ -104,15 +96,13 @@ def needs_grad(x: torch.Tensor, *params: torch.Tensor) -> bool:
 
 
 class LoRA(Adapter):
-    """Low-rank update of a Linear or convolution layer (or, through
-    ``AdaptedModel``, of a weight held as a raw parameter).
+    """Low-rank update of a Linear or convolution layer (or of a raw weight, through
+    ``AdaptedModel``).
 
-    For a convolution, ``A`` is a convolution with the base geometry (kernel,
-    stride, padding and its mode, dilation) and ``B`` a pointwise one, so the
-    rank is bounded by ``min(out_channels, in_channels x kernel size)``, as in
-    SpeechBrain 1.1.2. A grouped (or depthwise) convolution gets a rank-``rank``
-    update per group: ``A`` and ``B`` are grouped like the base, which keeps the
-    update block-diagonal, so it merges exactly into the grouped weight.
+    On a convolution ``A`` has the base geometry (kernel, stride, padding and its
+    mode, dilation) and ``B`` is pointwise: rank up to ``min(out, in x kernel)``,
+    as in SpeechBrain 1.1.2. A grouped (or depthwise) convolution gets a rank-``rank``
+    update per group (``A`` and ``B`` grouped like the base), which merges exactly.
 
     Arguments
     ---------
@@ -127,9 +117,7 @@ class LoRA(Adapter):
     use_rslora : bool
         Scale by ``alpha / sqrt(rank)`` instead of ``alpha / rank``.
     init : str
-        Initialisation of ``A``: ``"kaiming"`` (uniform, as in the paper's
-        reference code) or ``"gaussian"`` (normal with std ``1 / rank``).
-        ``B`` always starts at zero.
+        ``A``'s initialisation: ``"kaiming"`` (uniform) or ``"gaussian"`` (std ``1 / rank``).
 
     Example
     -------
@@ -188,23 +176,22 @@ class LoRA(Adapter):
         factory = {"device": weight.device, "dtype": weight.dtype}
         a_shape = (self.groups * rank, down_features, *kernel)
         self.lora_A = nn.Parameter(torch.empty(a_shape, **factory))
-        self.lora_B = nn.Parameter(torch.zeros(weight.shape[0], rank, *(1,) * len(kernel), **factory))
+        self.lora_B = nn.Parameter(
+            torch.zeros(weight.shape[0], rank, *(1,) * len(kernel), **factory)
+        )
         if init == "kaiming":
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         else:
             nn.init.normal_(self.lora_A, std=1.0 / rank)
 
-    # Hooks for variants that map the input before the down projection.
+    # Hooks for variants that map the input before A: its size, the map, A composed with it.
     def _down_features(self, in_features: int) -> int:
-        """Input size of ``A`` (the layer's input size here)."""
         return in_features
 
     def _down_input(self, x: torch.Tensor) -> torch.Tensor:
-        """What ``A`` is applied to (the layer's input here)."""
         return x
 
     def _expand_A(self, lora_a: torch.Tensor) -> torch.Tensor:
-        """``A`` as a map from the layer's input (``A`` itself here)."""
         return lora_a
 
     def _full_A(self) -> torch.Tensor:
@@ -239,13 +226,8 @@ class LoRA(Adapter):
         return self.scaling * update
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Base output plus the scaled low-rank branch.
-
-        A frozen Linear base without dropout (the usual case) takes the fused
-        path: one matmul by the merged weight; in inference (no gradient
-        needed) that is all, so unmerged inference costs the base's matmul
-        plus forming ``W + s B A`` once per call.
-        """
+        """Base output plus the scaled low-rank branch; a frozen Linear without
+        dropout takes the fused path, one matmul by ``W + s B A``."""
         layer = self.base_layer
         if self.merged:
             return layer(x)

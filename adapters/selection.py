@@ -99,7 +99,9 @@ def select_layers(
     candidates = [(n, modules[n]) for n in names if n not in targets and n not in holders]
     for name, target in [*candidates, *targets.items()]:
         raw = isinstance(target, ParamTarget)
-        matched = matches(name, target_layers) or (raw and matches(target.holder or "", target_layers))
+        matched = matches(name, target_layers) or (
+            raw and matches(target.holder or "", target_layers)
+        )
         if raw:
             flagged, label = all_linear and target.holder is not None, target.label
         else:

@@ -104,20 +104,9 @@ def load_adapter_file(
 ) -> dict[str, torch.Tensor]:
     """Read an adapter file after checking it belongs to this base and layout.
 
-    Arguments
-    ---------
-    path : str or os.PathLike
-        The adapter file.
-    base_state : mapping
-        The frozen tensors of the model it is loaded into.
-    expected : mapping
-        The adapter state of the model it is loaded into (names and shapes
-        the file must provide).
-
-    Returns
-    -------
-    dict
-        The tensors, ready for ``load_state_dict(..., strict=False)``.
+    ``base_state`` holds the frozen tensors of the model it is loaded into,
+    ``expected`` its adapter state (names and shapes the file must provide).
+    Returns the tensors, for ``load_state_dict(..., strict=False)``.
     """
     meta = read_adapter_metadata(path)
     here = base_fingerprint(base_state)

@@ -1,26 +1,15 @@
 """What can be adapted: layers as modules, and weights held as raw parameters.
 
-Wrapping a module reaches the weight its forward reads through that module.
-Some weights are read straight from a parameter and handed to fused kernels,
-where no wrapper reaches:
-
-- attention: torch's ``nn.MultiheadAttention`` (inside SpeechBrain's) and
-  SpeechBrain's ``RelPosMHAXL`` keep Q, K and V in one packed ``in_proj_weight``
-  (or ``q_proj_weight``/``k_proj_weight``/``v_proj_weight``), and torch MHA reads
-  ``out_proj.weight`` itself; they are named ``<attention>.q_proj`` etc.;
-- recurrent layers: ``nn.LSTM``, ``nn.GRU`` and ``nn.RNN`` (and SpeechBrain's
-  wrappers around them) pass every ``weight_ih_l*``, ``weight_hh_l*`` and
-  ``weight_hr_l*`` (LSTM projections), both directions, to one kernel;
-- any other weight parameter a user names ``<module>.<parameter>``, like PEFT's
-  ``target_parameters``.
-
-One mechanism serves all of them: the owner module's class is swapped for a
-subclass whose attribute lookup returns an adapted parameter passed through its
-adapters (``ParamAdapters``). Kernels see the adapted weight, gradients reach
-the adapters, the base keeps its state-dict keys, and merging writes into the
-parameter. ``torch.nn.utils.parametrize`` does the same job but renames the
-base's keys to ``parametrizations.<name>.original``; its cost is measured
-beside this one by ``benchmarks/raw_param_cost.py``.
+Some weights are read straight from a parameter by fused kernels, where no
+module wrapper reaches: attention Q/K/V packed in ``in_proj_weight`` (torch MHA,
+SpeechBrain's RelPosMHAXL; named ``<attention>.q_proj`` etc.) and torch MHA's
+``out_proj``; every ``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*`` of
+``nn.LSTM``/``GRU``/``RNN``; any weight a user names ``<module>.<parameter>``
+(like PEFT's ``target_parameters``). One mechanism serves all: the owner's class
+is swapped for a subclass whose attribute lookup passes an adapted parameter
+through its adapters. Kernels see the adapted weight, gradients reach the
+adapters, the base keeps its state-dict keys (``torch.nn.utils.parametrize``
+renames them; ``benchmarks/raw_param_cost.py`` times both), merging is exact.
 
 Authors
  * speech-adapters contributors 2026
@@ -35,17 +24,18 @@ import torch
 from torch import nn
 
 #: Virtual projection name -> parameter holding it separately.
-SEPARATE_PROJECTIONS = {"q_proj": "q_proj_weight", "k_proj": "k_proj_weight", "v_proj": "v_proj_weight"}
+SEPARATE_PROJECTIONS = {
+    "q_proj": "q_proj_weight",
+    "k_proj": "k_proj_weight",
+    "v_proj": "v_proj_weight",
+}
 
 
 @dataclass(frozen=True)
 class ParamTarget:
-    """Rows ``rows`` of the parameter ``param`` of module ``owner``.
-
-    ``holder`` is the attention or recurrent module whose name stands for the
-    weight in patterns, and whose weights ``all_linear`` reaches; None for a
-    weight reached only by its own name. ``label`` names its kind in messages.
-    """
+    """Rows of the parameter ``param`` of module ``owner``. ``holder``: the attention or
+    recurrent module whose name selects it and whose weights ``all_linear`` reaches
+    (None: reached by its own name only); ``label`` names its kind in messages."""
 
     owner: str
     param: str
@@ -96,7 +86,9 @@ def parameter_targets(model: nn.Module) -> dict[str, ParamTarget]:
     for name, module in model.named_modules():
         blocks = projection_blocks(module)
         for block, (param, rows) in blocks.items():
-            targets[_join(name, block)] = ParamTarget(name, param, rows, name, "attention projection")
+            targets[_join(name, block)] = ParamTarget(
+                name, param, rows, name, "attention projection"
+            )
         if isinstance(module, nn.MultiheadAttention):
             out = _join(name, "out_proj")
             targets[out] = ParamTarget(out, "weight", slice(None), name, "attention projection")
@@ -112,10 +104,8 @@ def parameter_targets(model: nn.Module) -> dict[str, ParamTarget]:
 
 
 class WeightView(nn.Linear):
-    """A bias-free Linear whose weight is rows of another module's parameter.
-
-    It reads the parameter at each access, so in-place updates (merging)
-    write into the owner's parameter, also in a deep copy of the model.
+    """A bias-free Linear whose weight is rows of another module's parameter, read at
+    each access (so merging writes into it, also in a deep copy of the model).
 
     Example
     -------
@@ -161,8 +151,7 @@ class ParamAdapters(nn.Module):
 
 
 def _flatten_plain_weights(self: nn.RNNBase) -> None:
-    """cuDNN's flat buffer: re-flatten plain (or merged) weights; adapted ones are
-    fresh tensors at every call, which cuDNN takes as they are."""
+    """Re-flatten plain (or merged) weights for cuDNN; adapted ones are new at each call."""
     if all(isinstance(w, nn.Parameter) for w in self._flat_weights):
         self._adapted_base.flatten_parameters(self)
 
@@ -210,8 +199,7 @@ def adapt_parameter(
 ) -> nn.Module:
     """Adapt ``target`` (a parameter of ``module``) with ``build(view)``.
 
-    ``build`` receives a ``WeightView`` of the rows (so merging writes into the
-    module's parameter); the adapter is registered as
+    ``build`` gets a ``WeightView`` of the rows; the adapter is registered as
     ``module.param_adapters[target.param].blocks[block]``.
 
     Example
@@ -231,8 +219,7 @@ def adapt_parameter(
     ['bias_hh_l0', 'bias_ih_l0']
     """
     adapter = build(WeightView(module, target.param, target.rows))
-    # The view holds no tensor of its own: keep it out of the module tree,
-    # where traversals looking for nn.Linear layers would find it.
+    # The view holds no tensor: keep it out of the module tree (and of nn.Linear searches).
     object.__setattr__(adapter, "base_layer", adapter._modules.pop("base_layer"))
     if "param_adapters" not in module._modules:
         module.__class__ = _adapted_class(type(module))

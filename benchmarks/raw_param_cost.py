@@ -76,6 +76,7 @@ def build(variant: str, base: nn.Module, pattern: str, rank: int) -> nn.Module:
     model = copy.deepcopy(base)
     for param in model.parameters():
         param.requires_grad_(False)
+    torch.manual_seed(1)  # the same A (and B below) for both mechanisms
     if variant == "ours":
         model = AdaptedModel(model, LoRA, target_layers=[pattern], adapter_kwargs={"rank": rank})
     elif variant == "parametrize":
@@ -85,7 +86,6 @@ def build(variant: str, base: nn.Module, pattern: str, rank: int) -> nn.Module:
             if param.dim() == 2 and name.startswith(wildcard.rstrip("*")):
                 lora = LoRA(WeightView(owner, name, slice(None)), rank=rank)
                 parametrize.register_parametrization(owner, name, AsParametrization(lora))
-    torch.manual_seed(1)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -100,13 +100,15 @@ def measure(args: argparse.Namespace) -> list[dict]:
         base = cls(args.dim)
         x = torch.randn(args.batch, args.frames, args.dim, requires_grad=True)
         models = {v: build(v, base, pattern, args.rank) for v in ("frozen", "ours", "parametrize")}
+        with torch.no_grad():  # the two mechanisms compute the same function
+            diff = (models["ours"](x) - models["parametrize"](x)).abs().max().item()
 
-        def train(model: nn.Module) -> None:
+        def train(model: nn.Module, x: torch.Tensor = x) -> None:
             model(x).pow(2).mean().backward()
             for p in (x, *model.parameters()):
                 p.grad = None
 
-        def infer(model: nn.Module) -> None:
+        def infer(model: nn.Module, x: torch.Tensor = x) -> None:
             with torch.no_grad():
                 model(x)
 
@@ -121,12 +123,17 @@ def measure(args: argparse.Namespace) -> list[dict]:
                     times.setdefault((phase, variant), []).append(time.perf_counter() - start)
         for variant, model in models.items():
             keys = set(model.state_dict())
-            renamed = sorted(k for k in base.state_dict() if k not in keys and f"adapted_model.{k}" not in keys)
+            renamed = sorted(
+                k for k in base.state_dict() if k not in keys and f"adapted_model.{k}" not in keys
+            )
             row = {"model": kind, "variant": variant, "base_keys_renamed": len(renamed)}
+            row["max_diff_ours_vs_parametrize"] = diff
             for phase in ("train", "infer"):
                 ms = [1000 * t for t in times[(phase, variant)]]
                 row[f"{phase}_ms"] = statistics.median(ms)
-                row[f"{phase}_iqr_ms"] = statistics.quantiles(ms, n=4)[2] - statistics.quantiles(ms, n=4)[0]
+                row[f"{phase}_iqr_ms"] = (
+                    statistics.quantiles(ms, n=4)[2] - statistics.quantiles(ms, n=4)[0]
+                )
                 row[f"{phase}_vs_frozen"] = row[f"{phase}_ms"] / statistics.median(
                     1000 * t for t in times[(phase, "frozen")]
                 )
@@ -136,8 +143,10 @@ def measure(args: argparse.Namespace) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| model | variant | train fwd+bwd (ms, IQR) | vs frozen base | inference (ms, IQR) "
-        "| vs frozen base | base state-dict keys renamed |",
+        (
+            "| model | variant | train fwd+bwd (ms, IQR) | vs frozen base | inference (ms, IQR) "
+            "| vs frozen base | base state-dict keys renamed |"
+        ),
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -169,7 +178,13 @@ def main(argv: list[str] | None = None) -> None:
         ([r["infer_vs_frozen"] for r in rows], "inference / frozen base"),
     ]
     data = {"meta": {k: v for k, v in vars(args).items() if k != "output"}, "rows": rows}
-    write_results(out, "raw_param_cost", data, markdown(rows), lambda p: ratio_bars(names, panels, p, size=(10, 3.5)))
+    write_results(
+        out,
+        "raw_param_cost",
+        data,
+        markdown(rows),
+        lambda p: ratio_bars(names, panels, p, size=(10, 3.5)),
+    )
 
 
 if __name__ == "__main__":

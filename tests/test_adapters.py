@@ -401,7 +401,9 @@ def test_fused_dora_matches_the_reference_computation(bias):
     for t in leaves:
         t.grad = None
     base = layer.base_layer
-    reference = layer._scale(base.weight + layer.lowrank_delta()) * (nn.functional.linear(x, base.weight) + layer.lowrank_branch(x))
+    reference = layer._scale(base.weight + layer.lowrank_delta()) * (
+        nn.functional.linear(x, base.weight) + layer.lowrank_branch(x)
+    )
     if bias:
         reference = reference + base.bias
     reference.backward(grad)

@@ -143,3 +143,30 @@ def test_layer_benchmark_times_every_variant_against_the_plain_layer(tmp_path):
     assert all(r["forward_ms"] > 0 and r["train_ms"] > 0 for r in rows.values())
     assert (tmp_path / "layer_32x48.md").read_text().count("\n") == 2 + len(rows)
     assert (tmp_path / "layer_32x48.png").stat().st_size > 0
+
+
+def test_raw_parameter_benchmark_compares_the_same_function_two_ways(tmp_path):
+    import raw_param_cost
+
+    raw_param_cost.main(
+        ["--dim", "16", "--frames", "5", "--repeats", "2", "--output", str(tmp_path)]
+    )
+    data = json.loads((tmp_path / "raw_param_cost.json").read_text())
+    rows = {(r["model"], r["variant"]): r for r in data["rows"]}
+    assert set(rows) == {
+        (m, v) for m in ("lstm", "attention") for v in ("frozen", "ours", "parametrize")
+    }
+    # ours keeps the base's state-dict keys; parametrize renames every adapted weight
+    assert rows[("lstm", "ours")]["base_keys_renamed"] == 0
+    assert rows[("lstm", "parametrize")]["base_keys_renamed"] == 8  # 2 layers x 2 directions x 2
+    assert rows[("attention", "parametrize")]["base_keys_renamed"] == 1
+    assert all(r["max_diff_ours_vs_parametrize"] < 1e-6 for r in rows.values())
+    assert rows[("lstm", "frozen")]["train_vs_frozen"] == 1.0
+    # and the adapters do change the function (B is non-zero), so agreeing means something
+    import torch
+
+    base = raw_param_cost.Recurrent(16)
+    x = torch.randn(2, 5, 16)
+    ours = raw_param_cost.build("ours", base, "rnn.weight_*", 4)
+    assert not torch.allclose(ours(x), base(x), atol=1e-5)
+    assert (tmp_path / "raw_param_cost.png").stat().st_size > 0

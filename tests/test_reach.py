@@ -32,17 +32,29 @@ def perturb(model: nn.Module, seed: int = 1) -> None:
 
 # --------------------------------------------------------------- convolutions
 CONVS = {
-    "conv1d-stride-dilation": (lambda: nn.Conv1d(4, 6, 3, stride=2, dilation=2, padding=2), (2, 4, 17)),
+    "conv1d-stride-dilation": (
+        lambda: nn.Conv1d(4, 6, 3, stride=2, dilation=2, padding=2),
+        (2, 4, 17),
+    ),
     "conv1d-reflect": (lambda: nn.Conv1d(4, 6, 3, padding=1, padding_mode="reflect"), (2, 4, 9)),
     "conv1d-circular": (lambda: nn.Conv1d(4, 6, 5, padding=2, padding_mode="circular"), (2, 4, 9)),
     "conv1d-same": (lambda: nn.Conv1d(4, 6, 4, padding="same", dilation=2), (2, 4, 9)),
     "conv1d-grouped": (lambda: nn.Conv1d(4, 6, 3, groups=2, padding=1), (2, 4, 9)),
     "conv1d-depthwise": (lambda: nn.Conv1d(6, 6, 5, groups=6, padding=2), (2, 6, 9)),
     "conv1d-wav2vec2-first": (lambda: nn.Conv1d(1, 16, 10, stride=5, bias=False), (2, 1, 60)),
-    "conv2d-replicate": (lambda: nn.Conv2d(3, 5, 3, stride=(1, 2), padding=1, padding_mode="replicate"), (2, 3, 7, 8)),
-    "conv2d-grouped": (lambda: nn.Conv2d(4, 8, 3, groups=4, dilation=(2, 1), padding=2), (2, 4, 7, 7)),
+    "conv2d-replicate": (
+        lambda: nn.Conv2d(3, 5, 3, stride=(1, 2), padding=1, padding_mode="replicate"),
+        (2, 3, 7, 8),
+    ),
+    "conv2d-grouped": (
+        lambda: nn.Conv2d(4, 8, 3, groups=4, dilation=(2, 1), padding=2),
+        (2, 4, 7, 7),
+    ),
     "conv3d": (lambda: nn.Conv3d(2, 4, 3, stride=2, padding=1), (1, 2, 5, 6, 6)),
-    "conv3d-grouped-reflect": (lambda: nn.Conv3d(4, 4, 3, groups=2, padding=1, padding_mode="reflect"), (1, 4, 4, 5, 5)),
+    "conv3d-grouped-reflect": (
+        lambda: nn.Conv3d(4, 4, 3, groups=2, padding=1, padding_mode="reflect"),
+        (1, 4, 4, 5, 5),
+    ),
 }
 
 
@@ -117,7 +129,9 @@ class Tagger(nn.Module):
 
 
 RNNS = {
-    "lstm-2layer-bidirectional": lambda: nn.LSTM(6, 5, num_layers=2, bidirectional=True, batch_first=True),
+    "lstm-2layer-bidirectional": lambda: nn.LSTM(
+        6, 5, num_layers=2, bidirectional=True, batch_first=True
+    ),
     "lstm-projection": lambda: nn.LSTM(6, 8, proj_size=4, batch_first=True),
     "gru": lambda: nn.GRU(6, 5, batch_first=True, bidirectional=True),
     "rnn-relu": lambda: nn.RNN(6, 5, nonlinearity="relu", batch_first=True),
@@ -145,7 +159,9 @@ def test_recurrent_weights_adapt_train_merge_and_export(kind, variant):
     names = recurrent_weights(reference)
     model = AdaptedModel(base, cls, all_linear=True, adapter_kwargs=kwargs)
     # all_linear reaches every recurrent weight (both directions, projections) and the head
-    assert sorted(model.adapted_layers) == sorted([*(n.replace("rnn.rnn.", "rnn.rnn.") for n in names), "head"])
+    assert sorted(model.adapted_layers) == sorted(
+        [*(n.replace("rnn.rnn.", "rnn.rnn.") for n in names), "head"]
+    )
     x = torch.randn(2, 7, 6)
     torch.manual_seed(3)
     assert torch.allclose(model(x), reference(x), atol=1e-6)  # identity at insertion
@@ -164,7 +180,11 @@ def test_recurrent_weights_adapt_train_merge_and_export(kind, variant):
     model.merge()
     assert torch.allclose(model(x), trained, atol=1e-5)
     model.unmerge()
-    assert all(torch.equal(base.state_dict()[k], v) for k, v in reference.state_dict().items() if "head" not in k)
+    assert all(
+        torch.equal(base.state_dict()[k], v)
+        for k, v in reference.state_dict().items()
+        if "head" not in k
+    )
     assert torch.equal(model(x), trained)
 
     plain = model.export_plain().eval()
@@ -190,9 +210,15 @@ def test_recurrent_flat_weights_follow_the_adapters():
     assert not any(isinstance(w, nn.Parameter) for w in rnn._flat_weights if w.dim() == 2)
     model.merge()
     model(x)
-    assert all(w is rnn._parameters[n] for n, w in zip(rnn._flat_weights_names, rnn._flat_weights, strict=True))
+    assert all(
+        w is rnn._parameters[n]
+        for n, w in zip(rnn._flat_weights_names, rnn._flat_weights, strict=True)
+    )
     plain = model.export_plain()
-    assert all(w is plain.rnn._parameters[n] for n, w in zip(plain.rnn._flat_weights_names, plain.rnn._flat_weights, strict=True))
+    assert all(
+        w is plain.rnn._parameters[n]
+        for n, w in zip(plain.rnn._flat_weights_names, plain.rnn._flat_weights, strict=True)
+    )
     assert type(plain.rnn) is nn.LSTM
     copy.deepcopy(model)  # copies hold parameters, not last call's adapted weights
 
@@ -200,7 +226,9 @@ def test_recurrent_flat_weights_follow_the_adapters():
 def test_recurrent_adapter_file_round_trip(tmp_path):
     """A trained adapter saved and loaded into a model whose adapters start
     elsewhere reproduces the outputs; before loading they differ."""
-    model = AdaptedModel(make_tagger("lstm-projection"), DoRA, all_linear=True, adapter_kwargs={"rank": 2})
+    model = AdaptedModel(
+        make_tagger("lstm-projection"), DoRA, all_linear=True, adapter_kwargs={"rank": 2}
+    )
     x = torch.randn(2, 7, 6)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
     for _ in range(3):
@@ -211,7 +239,9 @@ def test_recurrent_adapter_file_round_trip(tmp_path):
     expected = model(x)
     model.save_adapter(str(tmp_path / "rnn.safetensors"))
     torch.manual_seed(9)
-    fresh = AdaptedModel(make_tagger("lstm-projection"), DoRA, all_linear=True, adapter_kwargs={"rank": 2}).eval()
+    fresh = AdaptedModel(
+        make_tagger("lstm-projection"), DoRA, all_linear=True, adapter_kwargs={"rank": 2}
+    ).eval()
     perturb(fresh, seed=4)
     assert not torch.allclose(fresh(x), expected, atol=1e-4)
     fresh.load_adapter(str(tmp_path / "rnn.safetensors"))
@@ -241,7 +271,13 @@ def test_any_named_weight_parameter_is_reachable():
     perturb(model)
     adapted = model(tokens)
     assert not torch.allclose(adapted, reference(tokens), atol=1e-4)
-    assert sorted(net.state_dict()) == sorted([*reference.state_dict(), "0.param_adapters.weight.blocks.weight.lora_A", "0.param_adapters.weight.blocks.weight.lora_B"])
+    assert sorted(net.state_dict()) == sorted(
+        [
+            *reference.state_dict(),
+            "0.param_adapters.weight.blocks.weight.lora_A",
+            "0.param_adapters.weight.blocks.weight.lora_B",
+        ]
+    )
     plain = model.export_plain()
     assert type(plain[0]) is nn.Embedding and torch.allclose(plain(tokens), adapted, atol=1e-6)
 
@@ -249,7 +285,9 @@ def test_any_named_weight_parameter_is_reachable():
 # ------------------------------------------------------------ the two defects
 def test_layers_inside_unfrozen_layers_are_trained_in_full_not_adapted():
     net = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 4), nn.ReLU()))
-    model = AdaptedModel(net, LoRA, all_linear=True, unfrozen_layers=["1"], adapter_kwargs={"rank": 1})
+    model = AdaptedModel(
+        net, LoRA, all_linear=True, unfrozen_layers=["1"], adapter_kwargs={"rank": 1}
+    )
     assert model.adapted_layers == ["0"]
     assert isinstance(net[1][0], nn.Linear) and net[1][0].weight.requires_grad
 
@@ -258,8 +296,15 @@ def test_dora_on_a_raw_weight_has_the_gradients_of_dora_on_the_layer():
     """The weight norm is a constant in backward on both paths (as in the paper)."""
     torch.manual_seed(0)
     layer = nn.Linear(6, 5)
-    wrapped = AdaptedModel(nn.Sequential(copy.deepcopy(layer)), DoRA, target_layers=["0"], adapter_kwargs={"rank": 2})
-    raw = AdaptedModel(nn.Sequential(copy.deepcopy(layer)), DoRA, target_layers=["0.weight"], adapter_kwargs={"rank": 2})
+    wrapped = AdaptedModel(
+        nn.Sequential(copy.deepcopy(layer)), DoRA, target_layers=["0"], adapter_kwargs={"rank": 2}
+    )
+    raw = AdaptedModel(
+        nn.Sequential(copy.deepcopy(layer)),
+        DoRA,
+        target_layers=["0.weight"],
+        adapter_kwargs={"rank": 2},
+    )
     a, b = wrapped.adapters()["0"], raw.adapters()["0.weight"]
     with torch.no_grad():
         b.lora_A.copy_(a.lora_A)
@@ -290,7 +335,9 @@ class Encoder(nn.Module):
 
 
 def test_exclude_layers_leave_layers_out_and_must_match():
-    model = AdaptedModel(Encoder(), LoRA, all_linear=True, exclude_layers=["lstm", "out"], adapter_kwargs={"rank": 2})
+    model = AdaptedModel(
+        Encoder(), LoRA, all_linear=True, exclude_layers=["lstm", "out"], adapter_kwargs={"rank": 2}
+    )
     assert model.adapted_layers == ["ffn", "att.q_proj", "att.k_proj", "att.v_proj", "att.out_proj"]
     with pytest.raises(ValueError, match="exclude_layers pattern 'lstn' matches no layer.*'lstm'"):
         AdaptedModel(Encoder(), LoRA, all_linear=True, exclude_layers=["lstn"])
@@ -325,7 +372,10 @@ def test_a_frozen_wrapper_is_named_at_the_first_training_step():
     model = AdaptedModel(net, LoRA, all_linear=True, adapter_kwargs={"rank": 1})
     with torch.no_grad():
         model(torch.randn(2, 4))  # evaluation is fine
-    with pytest.raises(RuntimeError, match=r"adapter at 0.model.0: module '0' \(FrozenWrapper\) has freeze=True.*freeze: False"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"adapter at 0.model.0: module '0' \(FrozenWrapper\) has freeze=True.*freeze: False",
+    ):
         model(torch.randn(2, 4))
     net[0].freeze = False
     net[0].forward = net[0].model.forward
@@ -340,7 +390,10 @@ def test_an_adapter_class_that_does_not_wrap_the_layer_is_refused():
 
 def test_manual_insertion_forgotten_is_an_error(tmp_path):
     model = AdaptedModel(
-        nn.Sequential(nn.Linear(4, 4)), LoRA, all_linear=True, manual_adapter_insertion=True,
+        nn.Sequential(nn.Linear(4, 4)),
+        LoRA,
+        all_linear=True,
+        manual_adapter_insertion=True,
         adapter_kwargs={"rank": 1},
     )
     with pytest.raises(RuntimeError, match="before insert_adapters"):
@@ -353,7 +406,9 @@ def test_manual_insertion_forgotten_is_an_error(tmp_path):
 
 def test_misspelled_kwargs_are_named_through_subclass_kwargs():
     with pytest.raises(TypeError, match=r"\['rnak'\].*'stride', 'rank'"):
-        AdaptedModel(nn.Sequential(nn.Linear(4, 4)), PoolLoRA, all_linear=True, adapter_kwargs={"rnak": 2})
+        AdaptedModel(
+            nn.Sequential(nn.Linear(4, 4)), PoolLoRA, all_linear=True, adapter_kwargs={"rnak": 2}
+        )
 
 
 # ------------------------------------------------------------ drop-in names
@@ -380,4 +435,6 @@ def test_tutorial_houlsby_yaml_runs_with_only_the_module_path_changed():
     ours = list(inspect.signature(HoulsbyAdapterLinear).parameters)
     assert ours == list(inspect.signature(SBHoulsby).parameters)
     x = torch.randn(3, 8)
-    assert torch.equal(hparams["adapted"](x), hparams["model"][1].base_layer(hparams["model"][0].base_layer(x)))
+    assert torch.equal(
+        hparams["adapted"](x), hparams["model"][1].base_layer(hparams["model"][0].base_layer(x))
+    )
