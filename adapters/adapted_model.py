@@ -175,11 +175,13 @@ class AdaptedModel(AdapterCheckpoints, AdapterBank):
             target = self._param_targets.get(name)
             if target is not None:
                 owner = self.adapted_model.get_submodule(target.owner)
-                adapt_parameter(owner, target, name.rpartition(".")[2], self._builder(name))
+                build = self._builder(name, target.label)
+                adapt_parameter(owner, target, name.rpartition(".")[2], build)
             else:
                 parent_name, _, child = name.rpartition(".")
                 parent = self.adapted_model.get_submodule(parent_name)
-                setattr(parent, child, self._builder(name)(getattr(parent, child)))
+                layer = getattr(parent, child)
+                setattr(parent, child, self._builder(name, type(layer).__name__)(layer))
         self.inserted = True
         # The state every new named adapter starts from: adapters at their
         # (identity) initialisation, unfrozen layers and statistics pretrained.
@@ -188,7 +190,7 @@ class AdaptedModel(AdapterCheckpoints, AdapterBank):
         if self.left_out:
             logger.warning(self.left_out)
 
-    def _builder(self, name: str) -> Callable[[nn.Module], nn.Module]:
+    def _builder(self, name: str, label: str) -> Callable[[nn.Module], nn.Module]:
         """``adapter_class`` applied to the layer ``name``, with errors that name it."""
 
         def build(layer: nn.Module) -> nn.Module:
@@ -197,7 +199,7 @@ class AdaptedModel(AdapterCheckpoints, AdapterBank):
                 adapter = self.adapter_class(layer, **self.adapter_kwargs)
             except (TypeError, ValueError) as err:
                 raise type(err)(
-                    f"Cannot adapt {name} ({type(layer).__name__}) with {cls}: {err} To leave "
+                    f"Cannot adapt {name} ({label}) with {cls}: {err} To leave "
                     f"it out, add {name!r} to exclude_layers."
                 ) from err
             base = {id(p) for p in layer.parameters()}

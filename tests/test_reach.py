@@ -223,6 +223,19 @@ def test_recurrent_flat_weights_follow_the_adapters():
     copy.deepcopy(model)  # copies hold parameters, not last call's adapted weights
 
 
+def test_one_recurrent_weight_is_selected_by_its_name():
+    model = AdaptedModel(
+        make_tagger("gru"),
+        LoRA,
+        target_layers=["rnn.weight_hh_l0_reverse"],
+        adapter_kwargs={"rank": 2},
+    )
+    assert model.adapted_layers == ["rnn.weight_hh_l0_reverse"]
+    assert model.num_trainable_parameters() == 2 * (5 + 15)  # A [2, 5], B [15, 2]
+    with pytest.raises(ValueError, match=r"Cannot adapt rnn.weight_hh_l0 \(GRU weight\).*\[1, 5\]"):
+        AdaptedModel(make_tagger("gru"), LoRA, target_layers=["rnn.weight_hh_l0"])
+
+
 def test_recurrent_adapter_file_round_trip(tmp_path):
     """A trained adapter saved and loaded into a model whose adapters start
     elsewhere reproduces the outputs; before loading they differ."""
@@ -318,6 +331,32 @@ def test_dora_on_a_raw_weight_has_the_gradients_of_dora_on_the_layer():
     assert torch.allclose(wrapped(x), raw(x), atol=1e-6)
     for name in ("lora_A", "lora_B", "magnitude"):
         assert torch.allclose(getattr(a, name).grad, getattr(b, name).grad, atol=1e-5), name
+
+
+def test_dora_on_attention_q_proj_treats_the_norm_as_a_constant():
+    """The raw-parameter path of DoRA against the paper's rule written out by hand."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(6, 2, batch_first=True)
+    reference = copy.deepcopy(mha)
+    model = AdaptedModel(mha, DoRA, target_layers=["q_proj"], adapter_kwargs={"rank": 2})
+    dora = model.adapters()["q_proj"]
+    with torch.no_grad():
+        dora.lora_B.normal_()
+        dora.magnitude.mul_(1.5)
+    x = torch.randn(2, 4, 6)
+    model(x, x, x)[0].pow(2).sum().backward()
+
+    a, b, m = (
+        t.detach().clone().requires_grad_(True) for t in (dora.lora_A, dora.lora_B, dora.magnitude)
+    )
+    w = reference.in_proj_weight.detach()
+    adapted = w[:6] + dora.scaling * b @ a
+    q = (m / adapted.norm(dim=1).detach()).unsqueeze(1) * adapted
+    weight = torch.cat([q, w[6:]])
+    out = torch.func.functional_call(reference, {"in_proj_weight": weight}, (x, x, x))[0]
+    out.pow(2).sum().backward()
+    assert torch.allclose(dora.lora_B.grad, b.grad, atol=1e-5)
+    assert torch.allclose(dora.magnitude.grad, m.grad, atol=1e-5)
 
 
 # ----------------------------------------------------- exclusions and honesty
