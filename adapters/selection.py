@@ -87,7 +87,7 @@ def select_layers(
     >>> chosen.adapted, chosen.unfrozen
     (['0'], ['1'])
     >>> chosen.left_out_message()
-    'all_linear/all_conv left out: 1 Linear (inside unfrozen_layers).'
+    'all_linear/all_conv left out: 1 Linear (unfrozen_layers: trained in full).'
     """
     modules = dict(model.named_modules())
     names = [n for n in modules if n]
@@ -114,7 +114,7 @@ def select_layers(
         prefixes = [name.rsplit(".", i)[0] for i in range(name.count(".") + 1)]
         reason = None
         if any(within(name, u) for u in out.unfrozen):
-            reason = "inside unfrozen_layers"
+            reason = "unfrozen_layers: trained in full"
         elif any(matches(p, exclude_layers) for p in prefixes):
             reason = "exclude_layers"
         elif raw and not by_weight:

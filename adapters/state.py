@@ -76,6 +76,12 @@ def save_adapter_file(
     The file is written to a temporary name and renamed, so a crash never
     leaves a half-written adapter behind.
     """
+    bad = [key for key, value in tensors.items() if not bool(torch.isfinite(value).all())]
+    if bad:
+        raise ValueError(
+            f"Refusing to write {path}: the adapter holds non-finite values in {bad[:5]} "
+            f"({len(bad)} tensors). Training diverged; lower the learning rate and check the data."
+        )
     header = {"format": FORMAT, **meta, "base": base_fingerprint(base_state)}
     data = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     tmp = f"{os.fspath(path)}.tmp"

@@ -14,6 +14,7 @@ Authors
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
+from recipes.bookkeeping import RunLock, RunState, check_inputs, fault_point, input_fingerprint
 from recipes.common import write_json
 
 logger = logging.getLogger(__name__)
@@ -34,7 +36,8 @@ def setup_experiment(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Parse ``train.py hparams.yaml --key value ...`` the SpeechBrain way.
 
     Initialises DDP when launched by ``torchrun``, loads the YAML with the
-    command-line overrides and creates the experiment folder.
+    command-line overrides, takes the output folder's lock (a second run into
+    it stops at once) and creates the experiment folder.
 
     Returns
     -------
@@ -47,6 +50,9 @@ def setup_experiment(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file) as handle:
         hparams = load_hyperpyyaml(handle, overrides)
+    if if_main_process():  # one run per output folder, released when the process ends
+        lock = RunLock(hparams["output_folder"])
+        atexit.register(lock.release)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
@@ -73,8 +79,14 @@ class AdaptationBrain(sb.Brain):
     """A ``Brain`` that trains only what is trainable and reports WER/CER per test set.
 
     Expects in ``hparams``: ``error_rate_computer``, ``train_logger``,
-    ``output_folder``, ``test_loader``, and optionally ``lr_annealing`` (stepped
-    after each update) and ``checkpointer``.
+    ``output_folder``, ``test_loader``, ``seed``, ``run_state`` (a checkpointed
+    ``RunState``) and optionally ``lr_annealing`` (stepped after each update).
+
+    What it refuses to report: an update whose loss or gradients are not finite
+    is skipped and counted (``skipped_updates``), and more than
+    ``nonfinite_patience`` in a row stop training with the likely causes; a first
+    epoch that changes no trainable parameter stops it too; weights that are not
+    finite are never checkpointed.
     """
 
     def init_optimizers(self) -> None:
@@ -89,6 +101,68 @@ class AdaptationBrain(sb.Brain):
         self.optimizers_dict = {"opt_class": self.optimizer}
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
+
+    @property
+    def run_state(self) -> RunState:
+        if not hasattr(self.hparams, "run_state"):
+            self.hparams.run_state = RunState()
+        return self.hparams.run_state
+
+    def on_fit_start(self) -> None:
+        """Seed every random stream, then resume: a checkpoint's states replace the seeded ones.
+
+        So training consumes the same random numbers whatever ran before it
+        (an evaluation, or none because its results were cached).
+        """
+        sb.utils.seed_everything(self.hparams.seed)
+        super().on_fit_start()
+        self.skipped_updates = getattr(self, "skipped_updates", 0)
+        self._nonfinite_in_a_row, self._nonfinite_batch = 0, False
+        fresh = self.hparams.epoch_counter.current == 0
+        self._start_checksum = self._trainable_checksum() if fresh else None
+
+    def _trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.modules.parameters() if p.requires_grad]
+
+    def _trainable_checksum(self) -> list[float]:
+        with torch.no_grad():
+            return [
+                float(p.double().sum()) + float(p.double().norm())
+                for p in self._trainable_parameters()
+            ]
+
+    def on_fit_batch_start(self, batch, should_step) -> None:
+        fault_point("train_batch")
+
+    def check_loss_isfinite(self, loss) -> None:
+        """Mark the batch: its update is skipped (SpeechBrain would step on it)."""
+        if not torch.isfinite(loss):
+            self._nonfinite_batch = True
+
+    def optimizers_step(self) -> None:
+        """Step, unless the loss or a gradient is not finite: then skip and count."""
+        params = self._trainable_parameters()
+        finite = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+        if finite and not self._nonfinite_batch:
+            self._nonfinite_in_a_row = 0
+            return super().optimizers_step()
+        self._nonfinite_batch = False
+        self.skipped_updates += 1
+        self._nonfinite_in_a_row += 1
+        for param in params:
+            param.grad = None
+        logger.warning(
+            "Skipped an update with a non-finite loss or gradient (%d so far).",
+            self.skipped_updates,
+        )
+        if self._nonfinite_in_a_row > self.nonfinite_patience:
+            raise RuntimeError(
+                f"{self._nonfinite_in_a_row} updates in a row had a non-finite loss or gradient "
+                f"({self.skipped_updates} in all): training stops instead of writing a broken "
+                "model. Likely causes: audio that is silent, empty or too short for the model "
+                "(raise min_audio_s), a learning rate too high (lower lr), or fp16 overflow "
+                "(use --precision bf16 or fp32)."
+            )
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step) -> None:
         """Step the learning-rate schedule once per update."""
@@ -112,8 +186,18 @@ class AdaptationBrain(sb.Brain):
             stats["CER"] = self.cer_metric.summarize("error_rate")
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
-            self.train_seconds = getattr(self, "train_seconds", 0.0)
-            self.train_seconds += time.perf_counter() - self.stage_start
+            self.run_state.train_seconds += time.perf_counter() - self.stage_start
+            if (
+                self._start_checksum is not None
+                and self._trainable_checksum() == self._start_checksum
+            ):
+                raise RuntimeError(
+                    "The first epoch changed no trainable parameter "
+                    f"({self.skipped_updates} updates skipped): this configuration trains nothing. "
+                    "Check lr, alpha and the adapted layers; for an evaluation without training, "
+                    "set evaluate_only: True."
+                )
+            self._start_checksum = None
         elif stage == sb.Stage.VALID:
             lr = self.optimizer.param_groups[0]["lr"]
             self.hparams.train_logger.log_stats(
@@ -121,6 +205,7 @@ class AdaptationBrain(sb.Brain):
                 train_stats=self.train_stats,
                 valid_stats=stats,
             )
+            check_finite(self.modules, f"after epoch {epoch}")
             self.checkpointer.save_and_keep_only(meta={"WER": stats["WER"]}, min_keys=["WER"])
         else:
             self.test_stats = stats
@@ -150,19 +235,50 @@ class AdaptationBrain(sb.Brain):
         return results
 
 
+def check_finite(model: torch.nn.Module, when: str) -> None:
+    """Raise if a parameter of ``model`` holds NaN or infinity (never checkpoint or report it)."""
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise RuntimeError(
+            f"Non-finite weights {when} in {bad[:5]} ({len(bad)} tensors): refusing to save or "
+            "report them. Lower the learning rate, and check the data for empty or silent audio."
+        )
+
+
+def check_trains_something(adapted: torch.nn.Module | None) -> None:
+    """Refuse, before training, an adapted model whose training could change nothing."""
+    if adapted is None:
+        return
+    adapters = adapted.adapters()
+    if not adapters and not adapted.unfrozen_layers:
+        raise ValueError(
+            "No layer is adapted and none is unfrozen: training would change nothing. Set "
+            "all_linear, all_conv or target_layers; or evaluate_only: True to only evaluate."
+        )
+    dead = [name for name, a in adapters.items() if getattr(a, "scaling", None) == 0]
+    if dead:
+        raise ValueError(
+            f"alpha: 0 makes the update of every adapter zero ({len(dead)} layers, e.g. "
+            f"{dead[0]}): nothing would be learnt. Set alpha > 0 (it defaults to the rank)."
+        )
+
+
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-def _evaluate_before(brain: AdaptationBrain, hparams: dict[str, Any], test_sets: dict) -> dict:
+def _evaluate_before(
+    brain: AdaptationBrain, hparams: dict[str, Any], test_sets: dict, inputs: dict
+) -> dict:
     """Error rates of the model before training, computed once.
 
     ``before.json`` in the output folder serves a resumed run (whose model may
-    be trained already). ``before_cache``, when set, is shared by the runs of
-    several methods: it is reused when its ``key`` (``before_key``: what the
-    base model and test sets are) and the test-set utterances are the same.
+    be trained already; the folder's inputs are checked). ``before_cache``, when
+    set, is shared by the runs of several methods: it is reused when its key is
+    the same, and the key is content: the base weights' and test sets'
+    fingerprints, the evaluation settings (``before_key``) and the code.
     """
     local = os.path.join(hparams["output_folder"], "before.json")
     if os.path.isfile(local):
@@ -170,8 +286,10 @@ def _evaluate_before(brain: AdaptationBrain, hparams: dict[str, Any], test_sets:
             return json.load(handle)
     shared = hparams.get("before_cache")
     key = {
-        "base": hparams.get("before_key"),
-        "test_sets": {name: sorted(data.data_ids) for name, data in test_sets.items()},
+        "base": inputs["base"],
+        "test_sets": {name: inputs["data"][f"test_{name}"] for name in test_sets},
+        "settings": hparams.get("before_key"),
+        "code": inputs["code"],
     }
     if shared and os.path.isfile(shared):
         with open(shared) as handle:
@@ -198,6 +316,7 @@ def run_adaptation(
     train_set,
     valid_set,
     test_sets: dict,
+    data_report: dict | None = None,
 ) -> dict[str, Any]:
     """Evaluate before (when asked), train, evaluate after, save; return the summary.
 
@@ -216,6 +335,8 @@ def run_adaptation(
         Training and validation data.
     test_sets : dict
         Named test sets, evaluated before and after.
+    data_report : dict, optional
+        What the data preparation counted (e.g. characters the model cannot write).
 
     Returns
     -------
@@ -223,6 +344,26 @@ def run_adaptation(
         What ``summary.json`` holds: parameter counts, adapters, before/after
         error rates per test set, training time, adapter file size.
     """
+    folder = hparams["output_folder"]
+    adapted = hparams.get("adapted_model")
+    datasets = {
+        "train": train_set,
+        "valid": valid_set,
+        **{f"test_{k}": v for k, v in test_sets.items()},
+    }
+    base = adapted.base_state() if adapted is not None else model.state_dict()
+    inputs = input_fingerprint(hparams, base, datasets)
+    if if_main_process():
+        check_inputs(folder, inputs, hparams.get("fresh_start", False))
+    evaluate_only = hparams.get("evaluate_only", False)
+    finished = _finished_summary(folder, hparams, evaluate_only)
+    if finished is not None:
+        logger.info(
+            "This run is finished; its results (--fresh_start True to redo it): %s", finished
+        )
+        print(json.dumps(finished, indent=2))
+        return finished
+
     trainable, total = count_parameters(model)
     summary: dict[str, Any] = {
         "method": hparams["method"],
@@ -231,12 +372,22 @@ def run_adaptation(
         "total_params": total,
         "trainable_pct": round(100.0 * trainable / total, 3),
     }
-    adapted = hparams.get("adapted_model")
     if adapted is not None:
         summary["adapters"] = adapted.summary()
+        if adapted.left_out:
+            summary["adapters_left_out"] = adapted.left_out
+    if data_report:
+        summary["data"] = data_report
+    if evaluate_only:
+        summary["evaluate_only"] = True
+        summary["after"] = brain.evaluate_sets(test_sets)
+        if if_main_process():
+            write_json(os.path.join(folder, "summary.json"), summary)
+        return summary
+    check_trains_something(adapted)
 
     if hparams.get("evaluate_before", False):
-        summary["before"] = _evaluate_before(brain, hparams, test_sets)
+        summary["before"] = _evaluate_before(brain, hparams, test_sets, inputs)
 
     brain.fit(
         hparams["epoch_counter"],
@@ -245,19 +396,34 @@ def run_adaptation(
         train_loader_kwargs=hparams["train_loader"],
         valid_loader_kwargs=hparams["valid_loader"],
     )
-    # Time spent in training epochs of this process (validation excluded).
-    summary["train_time_s"] = round(getattr(brain, "train_seconds", 0.0), 1)
+    fault_point("before_test")
+    # Time spent in training epochs, accumulated across resumes (validation excluded).
+    summary["train_time_s"] = round(brain.run_state.train_seconds, 1)
+    summary["skipped_updates"] = getattr(brain, "skipped_updates", 0)
     summary["epochs"] = hparams["number_of_epochs"]
     summary["train_utterances"] = len(train_set)
     summary["after"] = brain.evaluate_sets(test_sets, min_key="WER")
+    check_finite(model, "after training")
 
     if if_main_process():
         if "export_base" in hparams:  # the best model, as a plain state dict
             torch.save(hparams["model"].state_dict(), hparams["export_base"])
         if adapted is not None:
-            path = os.path.join(hparams["output_folder"], "adapter.safetensors")
+            path = os.path.join(folder, "adapter.safetensors")
             adapted.save_adapter(path)
             summary["adapter_file_bytes"] = os.path.getsize(path)
-        write_json(os.path.join(hparams["output_folder"], "summary.json"), summary)
+        write_json(os.path.join(folder, "summary.json"), summary)
     logger.info("Summary: %s", summary)
     return summary
+
+
+def _finished_summary(folder: str, hparams: dict[str, Any], evaluate_only: bool) -> dict | None:
+    """The summary of a finished run of these inputs in ``folder`` (checked before), if any."""
+    path = os.path.join(folder, "summary.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        summary = json.load(handle)
+    if evaluate_only:
+        return summary if summary.get("evaluate_only") else None
+    return summary if summary.get("epochs") == hparams["number_of_epochs"] else None

@@ -8,56 +8,110 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+from speechbrain.dataio.dataset import DynamicItemDataset
 
+from recipes.audio import AudioError, ShortAudioError, check_audio
+
+logger = logging.getLogger(__name__)
 MANIFEST_COLUMNS = ("ID", "duration", "wav", "wrd")
 
 
-def check_manifest(path: str, data_root: str | None = None, hint: str = "") -> int:
-    """Fail early and clearly on a missing, empty or malformed manifest.
+def read_manifest(path: str, data_root: str | None = None, hint: str = "") -> dict[str, dict]:
+    """The rows of a SpeechBrain CSV manifest by ID, failing early and clearly.
 
-    Arguments
-    ---------
-    path : str
-        A SpeechBrain CSV manifest with at least ``ID, duration, wav, wrd``.
-    data_root : str, optional
-        Value of ``$data_root`` in the ``wav`` column.
-    hint : str
-        What to run or fix, appended to the error message.
+    A byte-order mark and CRLF line ends read fine; ``$data_root`` in the ``wav``
+    column is replaced; ``duration`` becomes a float. A missing file, missing
+    columns, an empty manifest, a duplicate ID or a duration that is not a number
+    raise an error naming the file (and line), with ``hint`` appended.
 
-    Returns
+    Example
     -------
-    int
-        The number of rows.
+    >>> import tempfile
+    >>> path = tempfile.mktemp(suffix=".csv")
+    >>> with open(path, "w", encoding="utf-8-sig", newline="") as handle:
+    ...     _ = handle.write("ID,duration,wav,wrd\r\nu1,1.5,$data_root/u1.wav,HELLO\r\n")
+    >>> read_manifest(path, data_root="/data")
+    {'u1': {'duration': 1.5, 'wav': '/data/u1.wav', 'wrd': 'HELLO'}}
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Manifest {path} does not exist. {hint}".strip())
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+    rows: dict[str, dict] = {}
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle, skipinitialspace=True)
+        fields = [f.strip() for f in reader.fieldnames or []]
+        missing = [c for c in MANIFEST_COLUMNS if c not in fields]
         if missing:
             raise ValueError(
                 f"Manifest {path} lacks the columns {missing}; it needs {list(MANIFEST_COLUMNS)} "
-                "(plus optional spk_id)."
+                f"(plus optional spk_id). Its header is {fields}."
             )
-        rows = list(reader)
+        for line, raw in enumerate(reader, start=2):
+            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+            uid = row.pop("ID")
+            if uid in rows:
+                raise ValueError(
+                    f"Manifest {path}, line {line}: duplicate ID {uid!r}; IDs must be unique."
+                )
+            if data_root is not None:
+                row["wav"] = row["wav"].replace("$data_root", data_root)
+            try:
+                row["duration"] = float(row["duration"])
+            except ValueError:
+                raise ValueError(
+                    f"Manifest {path}, line {line}: duration {row['duration']!r} is not a number "
+                    "of seconds."
+                ) from None
+            rows[uid] = row
     if not rows:
         raise ValueError(f"Manifest {path} is empty: the split has no utterance. {hint}".strip())
-    absent = []
-    for row in rows:
-        wav = row["wav"].replace("$data_root", data_root) if data_root else row["wav"]
-        if not os.path.isfile(wav):
-            absent.append(wav)
+    return rows
+
+
+def load_manifest(
+    path: str,
+    data_root: str | None = None,
+    hint: str = "",
+    min_seconds: float = 0.0,
+    skip_short: bool = False,
+) -> DynamicItemDataset:
+    """A ``DynamicItemDataset`` of a manifest whose audio files were all checked.
+
+    Every file's header is read (``recipes.audio.check_audio``). Missing or
+    unreadable files are refused with their names. Empty files and files
+    shorter than ``min_seconds`` are refused too or, with ``skip_short``
+    (training data), left out with one warning that counts them: one such file
+    in training can turn every adapter weight into NaN.
+    """
+    rows = read_manifest(path, data_root, hint)
+    absent = [row["wav"] for row in rows.values() if not os.path.isfile(row["wav"])]
     if absent:
         raise FileNotFoundError(
             f"{len(absent)} audio files listed in {path} are missing, e.g. {absent[:3]}. "
             f"Regenerate the corpus or fix the wav column. {hint}".strip()
         )
-    return len(rows)
+    short = {}
+    for uid, row in rows.items():
+        try:
+            check_audio(row["wav"], min_seconds)
+        except ShortAudioError as err:
+            if not skip_short:
+                raise ShortAudioError(f"{err} (manifest {path}, ID {uid})") from None
+            short[uid] = row["wav"]
+        except AudioError as err:
+            raise AudioError(f"{err} (manifest {path}, ID {uid})") from None
+    if short:
+        logger.warning(
+            "%d of %d audio files of %s are empty or shorter than %g s and are left out: %s",
+            len(short), len(rows), path, min_seconds, list(short.values())[:3],
+        )  # fmt: skip
+        rows = {uid: row for uid, row in rows.items() if uid not in short}
+    return DynamicItemDataset(rows)
 
 
 def strict_transfer(module: torch.nn.Module, path: str) -> None:

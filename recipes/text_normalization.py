@@ -265,3 +265,29 @@ def normalized_words(text: str) -> list[str]:
     ['she', 'lived', 'on', 'the', 'other', 'side', 'at', 'no', 'ten']
     """
     return normalize_text(text).split()
+
+
+def inventory_text(text: str, inventory: str) -> tuple[str, int]:
+    """What a character model with ``inventory`` can write of ``text``, and what it cannot.
+
+    The words of :func:`normalize_text`, accents removed (``café`` is ``cafe``),
+    in the inventory's case; characters the inventory still lacks are dropped
+    and counted, so that a recipe reports them instead of hiding them. The
+    Conformer recipe applies it to training targets, references and hypotheses
+    alike.
+
+    Example
+    -------
+    >>> inventory_text("Café on the 2nd floor!", " 'ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    ('CAFE ON THE SECOND FLOOR', 0)
+    >>> inventory_text("naïve 日本", " 'ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    ('NAIVE', 2)
+    """
+    text = unicodedata.normalize("NFKD", normalize_text(text))
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    letters = [c for c in inventory if c.isalpha()]
+    if letters and all(c.isupper() for c in letters):
+        text = text.upper()
+    kept = "".join(c for c in text if c in inventory)
+    dropped = sum(1 for c in text if c not in inventory and not c.isspace())
+    return " ".join(kept.split()), dropped

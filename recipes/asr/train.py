@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -36,7 +37,9 @@ from recipes.adaptation import (
     run_adaptation,
     setup_experiment,
 )
-from recipes.common import check_manifest
+from recipes.audio import load_audio
+from recipes.common import load_manifest
+from recipes.text_normalization import inventory_text
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +67,9 @@ class ASR(AdaptationBrain):
             hyps = sb.decoders.ctc_greedy_decode(
                 log_probs, wav_lens, blank_id=self.hparams.blank_index
             )
-            words = ["".join(self.label_encoder.decode_ndim(h)).split() for h in hyps]
+            texts = ["".join(self.label_encoder.decode_ndim(h)) for h in hyps]
+            inventory = self.hparams.tokens
+            words = [inventory_text(t, inventory)[0].split() for t in texts]
             self.append_error_rates(batch.id, words, [w.split() for w in batch.wrd])
         return loss
 
@@ -85,47 +90,49 @@ def build_label_encoder(hparams):
 
 
 def dataio_prepare(hparams, label_encoder):
-    """DynamicItemDatasets for train, valid and each test set."""
+    """DynamicItemDatasets for train, valid and each test set, and a report of the data.
+
+    Audio goes through the collection's one loader (resampled to ``sample_rate``,
+    downmixed); training data leaves out empty or too-short files, test sets
+    refuse them. Transcripts are normalised the way hypotheses are scored
+    (:func:`recipes.text_normalization.inventory_text`); characters the token
+    inventory cannot write are counted per set in the report.
+    """
     data_root = hparams["data_folder"]
-    allowed = set(hparams["tokens"])
+    inventory = hparams["tokens"]
     hint = "Run the recipe with prepare_corpus: True, or point the *_csv keys at your manifests."
+    report: dict[str, int] = {}
 
-    def load(path, sort=False):
-        check_manifest(path, data_root, hint)
-        data = sb.dataio.dataset.DynamicItemDataset.from_csv(
-            path, replacements={"data_root": data_root}
+    def load(name, path, train=False):
+        data = load_manifest(path, data_root, hint, hparams["min_audio_s"], skip_short=train)
+        report[f"{name}_unwritable_chars"] = sum(
+            inventory_text(row["wrd"], inventory)[1] for row in data.data.values()
         )
-        if sort:
-            data = data.filtered_sorted(sort_key="duration")
-        return data
+        return data.filtered_sorted(sort_key="duration")
 
-    train = load(hparams["train_csv"], sort=True)
-    valid = load(hparams["valid_csv"], sort=True)
-    tests = {name: load(path, sort=True) for name, path in hparams["test_sets"].items()}
+    train = load("train", hparams["train_csv"], train=True)
+    valid = load("valid", hparams["valid_csv"], train=True)
+    tests = {name: load(name, path) for name, path in hparams["test_sets"].items()}
     datasets = [train, valid, *tests.values()]
+    if any(report.values()):
+        logger.warning("Characters the token inventory cannot write, dropped: %s", report)
 
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("sig")
     def audio_pipeline(wav):
-        try:
-            sig = sb.dataio.dataio.read_audio(wav)
-        except Exception as err:
-            raise RuntimeError(f"Cannot read audio file {wav}: {err}") from err
-        if sig.dim() != 1:
-            raise ValueError(f"{wav} is not mono ({tuple(sig.shape)}); convert it to one channel.")
-        return sig
+        return load_audio(wav, hparams["sample_rate"])
 
     @sb.utils.data_pipeline.takes("wrd")
     @sb.utils.data_pipeline.provides("wrd", "tokens")
     def text_pipeline(wrd):
-        wrd = " ".join("".join(c for c in wrd.upper() if c in allowed).split())
+        wrd = inventory_text(wrd, inventory)[0]
         yield wrd
         yield label_encoder.encode_sequence_torch(list(wrd))
 
     sb.dataio.dataset.add_dynamic_item(datasets, audio_pipeline)
     sb.dataio.dataset.add_dynamic_item(datasets, text_pipeline)
     sb.dataio.dataset.set_output_keys(datasets, ["id", "sig", "wrd", "tokens"])
-    return train, valid, tests
+    return train, valid, tests, report
 
 
 def main():
@@ -133,7 +140,7 @@ def main():
     prepare_corpus_on_main(hparams)
 
     label_encoder = build_label_encoder(hparams)
-    train_set, valid_set, test_sets = dataio_prepare(hparams, label_encoder)
+    train_set, valid_set, test_sets, data_report = dataio_prepare(hparams, label_encoder)
 
     if "pretrainer" in hparams:
         base = hparams["base_checkpoint"]
@@ -142,6 +149,10 @@ def main():
                 f"Base checkpoint {base} not found. Pretrain it first with "
                 "`python recipes/asr/train.py hparams/pretrain_asr.yaml`, or set base_checkpoint."
             )
+        # Collect afresh: a link left by an earlier run may point to another base.
+        run_on_main(
+            shutil.rmtree, args=[hparams["pretrainer"].collect_in], kwargs={"ignore_errors": True}
+        )
         run_on_main(hparams["pretrainer"].collect_files)
         hparams["pretrainer"].load_collected()
     if "adapted_model" in hparams:
@@ -155,7 +166,9 @@ def main():
         checkpointer=hparams["checkpointer"],
     )
     asr.label_encoder = label_encoder
-    run_adaptation(asr, hparams, hparams["modules"]["model"], train_set, valid_set, test_sets)
+    run_adaptation(
+        asr, hparams, hparams["modules"]["model"], train_set, valid_set, test_sets, data_report
+    )
 
 
 if __name__ == "__main__":

@@ -26,10 +26,8 @@ import random
 import sys
 from pathlib import Path
 
-import soundfile
 import speechbrain as sb
 import torch
-import torchaudio
 from speechbrain.utils.distributed import run_on_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repository root
@@ -40,7 +38,8 @@ from recipes.adaptation import (
     run_adaptation,
     setup_experiment,
 )
-from recipes.common import check_manifest
+from recipes.audio import load_audio
+from recipes.common import load_manifest
 from recipes.text_normalization import normalized_words
 
 logger = logging.getLogger(__name__)
@@ -113,17 +112,16 @@ def dataio_prepare(hparams, tokenizer, real_sets: dict[str, str]):
     sample_rate = hparams["sample_rate"]
     seed = hparams["seed"]
 
-    def load(path, count=None, max_duration=None):
-        check_manifest(path, data_root, hint)
-        data = sb.dataio.dataset.DynamicItemDataset.from_csv(
-            path, replacements={"data_root": data_root}
-        )
+    def load(path, count=None, max_duration=None, train=False):
+        data = load_manifest(path, data_root, hint, hparams["min_audio_s"], skip_short=train)
         data = subset(data, count, seed)
         limits = {"duration": max_duration} if max_duration else {}
         return data.filtered_sorted(sort_key="duration", key_max_value=limits)
 
-    train = load(hparams["train_csv"], hparams["train_utterances"], hparams["train_window_s"])
-    valid = load(hparams["valid_csv"], hparams["valid_utterances"])
+    train = load(
+        hparams["train_csv"], hparams["train_utterances"], hparams["train_window_s"], train=True
+    )
+    valid = load(hparams["valid_csv"], hparams["valid_utterances"], train=True)
     tests = {
         name: load(path, hparams["test_utterances"]) for name, path in hparams["test_sets"].items()
     }
@@ -135,16 +133,7 @@ def dataio_prepare(hparams, tokenizer, real_sets: dict[str, str]):
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("sig")
     def audio_pipeline(wav):
-        try:
-            audio, rate = soundfile.read(wav, dtype="float32", always_2d=True)
-        except Exception as err:
-            raise RuntimeError(f"Cannot read audio file {wav}: {err}") from err
-        if audio.shape[1] != 1:
-            raise ValueError(f"{wav} has {audio.shape[1]} channels; convert it to mono.")
-        sig = torch.from_numpy(audio[:, 0])
-        if rate != sample_rate:
-            sig = torchaudio.functional.resample(sig, rate, sample_rate)
-        return sig
+        return load_audio(wav, sample_rate)
 
     prompt = list(tokenizer.prefix_tokens)  # <|startoftranscript|><|notimestamps|>
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")

@@ -1,0 +1,107 @@
+"""The one audio loader of the collection: training, evaluation and inference read audio here.
+
+Audio as users have it: any sample rate (resampled to the model's), any channel count
+(downmixed by averaging the channels, noted once per process), any format libsndfile reads.
+A file that cannot be read, or holds no audio or less than ``min_seconds`` of it, raises
+``AudioError`` naming the file. ``check_audio`` reads headers only, so a manifest of
+thousands of files is checked in a second before any training starts.
+
+Authors
+ * speech-adapters contributors 2026
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import soundfile
+import torch
+import torchaudio
+
+logger = logging.getLogger(__name__)
+_NOTED: set[str] = set()
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used as it is; the message names it and the fix."""
+
+
+class ShortAudioError(AudioError):
+    """An audio file that is readable but empty or shorter than the minimum."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header says: its length in frames, sample rate and channel count."""
+
+    frames: int
+    sample_rate: int
+    channels: int
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+def check_audio(path: str, min_seconds: float = 0.0) -> AudioInfo:
+    """Read the header of ``path``; raise ``AudioError`` if it is unreadable, empty or too short.
+
+    Example
+    -------
+    >>> import tempfile, numpy
+    >>> path = tempfile.mktemp(suffix=".wav")
+    >>> soundfile.write(path, numpy.zeros((800, 2)), 8000)
+    >>> check_audio(path)
+    AudioInfo(frames=800, sample_rate=8000, channels=2)
+    >>> check_audio(path, min_seconds=0.5)
+    Traceback (most recent call last):
+        ...
+    recipes.audio.ShortAudioError: ... holds 0.100 s of audio, less than the 0.5 s minimum ...
+    """
+    try:
+        info = soundfile.info(path)
+    except Exception as err:  # libsndfile raises several types
+        raise AudioError(
+            f"Cannot read audio file {path}: {err}. Check that it exists and is a WAV/FLAC/OGG "
+            "file (convert other formats, e.g. with ffmpeg), or remove it from the manifest."
+        ) from err
+    found = AudioInfo(int(info.frames), int(info.samplerate), int(info.channels))
+    if found.frames == 0:
+        raise ShortAudioError(
+            f"Audio file {path} is empty (0 samples): remove it from the manifest."
+        )
+    if found.seconds < min_seconds:
+        raise ShortAudioError(
+            f"Audio file {path} holds {found.seconds:.3f} s of audio, less than the "
+            f"{min_seconds:g} s minimum (min_audio_s): remove it from the manifest or lower "
+            "min_audio_s."
+        )
+    return found
+
+
+def load_audio(path: str, sample_rate: int, min_seconds: float = 0.0) -> torch.Tensor:
+    """``path`` as a 1-D float32 waveform at ``sample_rate``: resampled and downmixed as needed.
+
+    Example
+    -------
+    >>> import tempfile, numpy
+    >>> path = tempfile.mktemp(suffix=".wav")
+    >>> tone = numpy.sin(numpy.arange(8000) / 8000 * 2 * numpy.pi * 440)
+    >>> soundfile.write(path, numpy.stack([tone, tone], axis=1), 8000)
+    >>> load_audio(path, 16000).shape  # 1 s of stereo at 8 kHz -> mono at 16 kHz
+    torch.Size([16000])
+    """
+    info = check_audio(path, min_seconds)
+    audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    signal = (
+        torch.from_numpy(audio).mean(dim=1) if info.channels > 1 else torch.from_numpy(audio[:, 0])
+    )
+    if info.channels > 1 and "downmix" not in _NOTED:
+        _NOTED.add("downmix")
+        logger.warning(
+            "Audio with %d channels is downmixed to mono (first: %s).", info.channels, path
+        )
+    if rate != sample_rate:
+        signal = torchaudio.functional.resample(signal, rate, sample_rate)
+    return signal.contiguous()

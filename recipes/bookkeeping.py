@@ -1,0 +1,329 @@
+"""Run bookkeeping every recipe shares: so that a result is either right or refused.
+
+- ``RunLock``: one run per output folder (the holder's pid and host; a lock left by
+  a dead process is taken over with a warning).
+- ``input_fingerprint`` / ``check_inputs``: what a run was built from (base weights,
+  data contents, settings, code), recorded in ``inputs.json``; a rerun or
+  continuation whose inputs differ stops and names what changed.
+- ``RunState``: a checkpoint recoverable with every random state training consumes
+  and the training time so far, so a resumed run continues exactly.
+- ``CompleteCheckpointer``: SpeechBrain's ``Checkpointer`` whose checkpoints count
+  only once fully written; one cut short by a kill is removed with a warning.
+- ``fault_point``: where the fault-injection tests kill a run (``SPEECH_ADAPTERS_FAULT``).
+
+Authors
+ * speech-adapters contributors 2026
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from speechbrain.utils import checkpoints
+
+from recipes.common import write_json
+
+logger = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Settings that do not change a run's figures (paths, workers, caches): left out of fingerprints.
+NEUTRAL_SETTINGS = frozenset({
+    "output_folder", "save_folder", "train_log", "data_folder", "num_workers", "before_cache",
+    "hub_cache", "converted_folder", "prepare_corpus", "number_of_epochs", "base_checkpoint",
+    "whisper_source", "fresh_start",
+})  # fmt: skip
+#: What a fresh start removes from an output folder (never anything else).
+RUN_FILES = ("save", "summary.json", "before.json", "inputs.json", "adapter.safetensors",
+             "train_log.txt")  # fmt: skip
+
+_FAULT_HITS: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Kill this process (SIGKILL) at the ``count``-th pass here when
+    ``SPEECH_ADAPTERS_FAULT=name:count`` is set: the fault-injection tests' hook."""
+    wanted = os.environ.get("SPEECH_ADAPTERS_FAULT", "")
+    if not wanted.startswith(name + ":"):
+        return
+    _FAULT_HITS[name] = _FAULT_HITS.get(name, 0) + 1
+    if _FAULT_HITS[name] == int(wanted.split(":")[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ------------------------------------------------------------------- lock
+class RunLock:
+    """``<folder>/.lock`` held by one process; a second run into the folder stops at once.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> lock = RunLock(folder)
+    >>> RunLock(folder)
+    Traceback (most recent call last):
+        ...
+    RuntimeError: Another run (pid ...) is using the output folder ...
+    >>> lock.release()
+    >>> RunLock(folder).release()
+    """
+
+    def __init__(self, folder: str) -> None:
+        os.makedirs(folder, exist_ok=True)
+        self.path = os.path.join(folder, ".lock")
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.ctime()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = self._holder()
+                if holder.get("host") == me["host"] and not _alive(holder.get("pid")):
+                    logger.warning("Taking over the lock of a dead run: %s", holder)
+                    os.remove(self.path)
+                    continue
+                raise RuntimeError(
+                    f"Another run (pid {holder.get('pid')} on {holder.get('host')}, started "
+                    f"{holder.get('started')}) is using the output folder {folder}. Wait for it "
+                    f"to end or choose another --output_folder; if no such run exists, delete "
+                    f"{self.path}."
+                ) from None
+            with os.fdopen(fd, "w") as handle:
+                json.dump(me, handle)
+            return
+        raise RuntimeError(f"Could not take the lock {self.path}; delete it and retry.")
+
+    def _holder(self) -> dict:
+        try:
+            with open(self.path) as handle:
+                return json.load(handle)
+        except (OSError, ValueError):
+            return {}  # a lock being written, or unreadable: treat as held by nobody alive
+
+    def release(self) -> None:
+        if self._holder().get("pid") == os.getpid():
+            os.remove(self.path)
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------- fingerprints
+def sha256_file(path: str) -> str:
+    """SHA-256 of a file's bytes."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def sha256_json(data: Any) -> str:
+    """SHA-256 of a JSON-able value, canonically serialised."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def data_fingerprint(dataset) -> str:
+    """A ``DynamicItemDataset``'s contents: its IDs, transcripts and audio bytes."""
+    digest = hashlib.sha256()
+    for uid in sorted(dataset.data_ids):
+        row = dataset.data[uid]
+        digest.update(f"{uid}\0{row.get('wrd', '')}\0".encode())
+        digest.update(sha256_file(row["wav"]).encode() if "wav" in row else b"")
+    return digest.hexdigest()
+
+
+def tensors_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """The values of a set of tensors (a base model's weights)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def settings_fingerprint(hparams: Mapping[str, Any]) -> dict[str, str]:
+    """A hash per setting that can change the figures (plain YAML values only)."""
+    out = {}
+    for key, value in hparams.items():
+        if key in NEUTRAL_SETTINGS or key.startswith("__") or not _plain(value):
+            continue
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k != "num_workers"}
+        out[key] = sha256_json(value)[:16]
+    return out
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is YAML data (not an object the YAML built)."""
+    if isinstance(value, dict):
+        return all(_plain(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(_plain(v) for v in value)
+    return isinstance(value, str | int | float | bool | type(None))
+
+
+def code_fingerprint(folders: Iterable[str] = ("adapters", "recipes")) -> str:
+    """The library's and the recipes' Python sources."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            digest.update(str(path.relative_to(ROOT)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def input_fingerprint(
+    hparams: Mapping[str, Any], base: Mapping[str, torch.Tensor], datasets: dict
+) -> dict:
+    """What a run is built from: base weights, data per set, settings, code."""
+    return {
+        "base": tensors_fingerprint(base),
+        "data": {name: data_fingerprint(data) for name, data in datasets.items()},
+        "settings": settings_fingerprint(hparams),
+        "code": code_fingerprint(),
+    }
+
+
+def changed_inputs(recorded: dict, current: dict) -> list[str]:
+    """Human-readable names of what differs between two fingerprints.
+
+    Example
+    -------
+    >>> old = {"base": "a", "data": {"train": "x"}, "settings": {"rank": "1"}, "code": "c"}
+    >>> new = {"base": "b", "data": {"train": "y"}, "settings": {"rank": "2"}, "code": "c"}
+    >>> changed_inputs(old, new)
+    ['the base model weights', 'the data of train', 'the setting rank']
+    """
+    changes = ["the base model weights"] if recorded.get("base") != current["base"] else []
+    for kind, label in (("data", "the data of"), ("settings", "the setting")):
+        old, new = recorded.get(kind, {}), current[kind]
+        changes += [f"{label} {k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if recorded.get("code") != current["code"]:
+        changes.append("the code (adapters/, recipes/)")
+    return changes
+
+
+def check_inputs(folder: str, current: dict, fresh_start: bool = False) -> None:
+    """Record ``current`` in ``<folder>/inputs.json``, or stop if a run there was built otherwise.
+
+    With ``fresh_start``, the earlier run's files (``RUN_FILES``) are deleted first.
+    A folder with checkpoints but no record was made by an older version: refused too.
+    """
+    path = os.path.join(folder, "inputs.json")
+    if fresh_start:
+        for name in RUN_FILES:
+            target = os.path.join(folder, name)
+            if os.path.isdir(target):  # emptied, not removed: the checkpointer writes there
+                shutil.rmtree(target)
+                os.makedirs(target)
+            elif os.path.exists(target):
+                os.remove(target)
+    if os.path.isfile(path):
+        with open(path) as handle:
+            changes = changed_inputs(json.load(handle), current)
+    elif os.path.isdir(os.path.join(folder, "save")) and any(Path(folder, "save").glob("CKPT*")):
+        changes = ["unknown: its checkpoints have no record of their inputs (inputs.json)"]
+    else:
+        changes = []
+    if changes:
+        raise RuntimeError(
+            f"The output folder {folder} holds a run built from other inputs; changed: "
+            f"{', '.join(changes)}. Continuing would mix them. Start fresh in a new folder "
+            "(--output_folder ...) or here with --fresh_start True (deletes that run's "
+            "checkpoints and results)."
+        )
+    write_json(path, current)
+
+
+# ------------------------------------------------------- exact resumption
+@checkpoints.register_checkpoint_hooks
+class RunState:
+    """Random states (torch, CUDA, numpy, Python) and training seconds, checkpointed.
+
+    Saved as JSON (no pickle). Loading restores the random streams, so dropout,
+    augmentation and data order after a resume are those of an uninterrupted run.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> state, path = RunState(), tempfile.mktemp()
+    >>> state.train_seconds = 12.5
+    >>> state._save(path)
+    >>> expected = torch.rand(3)
+    >>> other = RunState()
+    >>> other._load(path, end_of_epoch=True)
+    >>> torch.equal(torch.rand(3), expected), other.train_seconds
+    (True, 12.5)
+    """
+
+    def __init__(self) -> None:
+        self.train_seconds = 0.0
+
+    @checkpoints.mark_as_saver
+    def _save(self, path: str) -> None:
+        fault_point("checkpoint_write")
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state = {
+            "torch": torch.get_rng_state().tolist(),
+            "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()]
+            if torch.cuda.is_available()
+            else [],
+            "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+            "train_seconds": self.train_seconds,
+        }
+        write_json(path, state)
+
+    @checkpoints.mark_as_loader
+    def _load(self, path: str, end_of_epoch: bool) -> None:
+        del end_of_epoch
+        with open(path) as handle:
+            state = json.load(handle)
+        torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(
+                [torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]]
+            )
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        version, internal, gauss_next = state["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+        self.train_seconds = float(state["train_seconds"])
+
+
+class CompleteCheckpointer(checkpoints.Checkpointer):
+    """SpeechBrain's ``Checkpointer``; a checkpoint counts once a ``COMPLETE`` marker
+    is written after all its files. Directories without it (a kill mid-write) are
+    removed with a warning instead of failing every later run."""
+
+    MARKER = "COMPLETE"
+
+    def save_checkpoint(self, *args: Any, **kwargs: Any):
+        ckpt = super().save_checkpoint(*args, **kwargs)
+        if ckpt is not None:  # the main process
+            Path(ckpt.path, self.MARKER).touch()
+        return ckpt
+
+    def list_checkpoints(self):
+        for path in self._list_checkpoint_dirs():
+            if not Path(path, self.MARKER).is_file():
+                logger.warning("Removing %s: a checkpoint cut short while being written.", path)
+                shutil.rmtree(path, ignore_errors=True)
+        return super().list_checkpoints()
