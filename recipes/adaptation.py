@@ -66,6 +66,15 @@ def prepare_corpus_on_main(hparams: dict[str, Any]) -> None:
     if not hparams.get("prepare_corpus", False):
         return
     from recipes.corpus import prepare_corpus
+    from recipes.corpus.prepare import TARGET_DOMAINS
+
+    target = hparams.get("target")
+    if target is not None and target not in TARGET_DOMAINS:
+        raise ValueError(
+            f"target {target!r} names no domain of the generated corpus; choose one of "
+            f"{', '.join(TARGET_DOMAINS)} (--target noisy), or set prepare_corpus: False and "
+            "point train_csv, valid_csv and test_sets at your own manifests."
+        )
 
     kwargs = {
         "data_folder": hparams["data_folder"],

