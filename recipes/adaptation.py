@@ -360,8 +360,7 @@ def run_adaptation(
         "valid": valid_set,
         **{f"test_{k}": v for k, v in test_sets.items()},
     }
-    base = adapted.base_state() if adapted is not None else model.state_dict()
-    inputs = input_fingerprint(hparams, base, datasets)
+    inputs = input_fingerprint(hparams, _pretrained_state(model, adapted), datasets)
     if if_main_process():
         check_inputs(folder, inputs, hparams.get("fresh_start", False))
     evaluate_only = hparams.get("evaluate_only", False)
@@ -424,6 +423,17 @@ def run_adaptation(
         write_json(os.path.join(folder, "summary.json"), summary)
     logger.info("Summary: %s", summary)
     return summary
+
+
+def _pretrained_state(model: torch.nn.Module, adapted) -> dict[str, torch.Tensor]:
+    """The weights a run starts from, adapters aside: frozen and unfrozen layers alike."""
+    if adapted is None:
+        return model.state_dict()
+    state = adapted.base_state()
+    for name in adapted.unfrozen_layers:
+        for key, value in adapted.adapted_model.get_submodule(name).state_dict().items():
+            state[f"{name}.{key}"] = value
+    return state
 
 
 def _finished_summary(folder: str, hparams: dict[str, Any], evaluate_only: bool) -> dict | None:

@@ -102,6 +102,8 @@ def load_audio(path: str, sample_rate: int, min_seconds: float = 0.0) -> torch.T
         logger.warning(
             "Audio with %d channels is downmixed to mono (first: %s).", info.channels, path
         )
+    if not bool(torch.isfinite(signal).all()):
+        raise AudioError(f"Audio file {path} holds NaN or infinite samples: it is corrupt.")
     if rate != sample_rate:
         signal = torchaudio.functional.resample(signal, rate, sample_rate)
     return signal.contiguous()

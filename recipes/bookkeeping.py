@@ -159,10 +159,12 @@ def tensors_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def settings_fingerprint(hparams: Mapping[str, Any]) -> dict[str, str]:
-    """A hash per setting that can change the figures (plain YAML values only)."""
+    """A hash per setting that can change the figures (plain YAML values only; where the
+    data lies is left out, its contents are fingerprinted instead)."""
     out = {}
     for key, value in hparams.items():
-        if key in NEUTRAL_SETTINGS or key.startswith("__") or not _plain(value):
+        neutral = key in NEUTRAL_SETTINGS or key.endswith("_csv") or key == "test_sets"
+        if neutral or key.startswith("__") or not _plain(value):
             continue
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if k != "num_workers"}

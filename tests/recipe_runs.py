@@ -29,3 +29,11 @@ def run_failing(*args: str, cwd: Path = ROOT) -> str:
     result = _run([sys.executable, *args], cwd)
     assert result.returncode != 0, result.stdout[-3000:]
     return result.stdout + result.stderr
+
+
+def epoch_losses(train_log: Path) -> list[float]:
+    """The training loss of every epoch, in order, from SpeechBrain's ``train_log.txt``."""
+    import re
+
+    text = Path(train_log).read_text()
+    return [float(x) for x in re.findall(r"^epoch: \d+.* train loss: ([-+.\deE]+)", text, re.M)]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from recipe_runs import run
+from conftest import ASR_TINY
+from recipe_runs import epoch_losses, run
 from recipe_runs import run_failing as run_failing_command
 from safetensors import safe_open
 
@@ -18,16 +19,7 @@ from adapters import read_adapter_metadata
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "recipes" / "asr" / "train.py"
 # A small model and one epoch on the tiny corpus: seconds, not minutes.
-TINY = [
-    "--corpus_size=tiny",
-    "--number_of_epochs=1",
-    "--batch_size=4",
-    "--num_workers=0",
-    "--d_model=64",
-    "--nhead=2",
-    "--num_encoder_layers=2",
-    "--d_ffn=256",
-]
+TINY = [*ASR_TINY, "--number_of_epochs=1"]
 
 
 def sha256(path: Path) -> str:
@@ -35,22 +27,28 @@ def sha256(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Pretrain once, then adapt with LoRA (rank 4) and fine-tune in full."""
+def runs(asr_base, tmp_path_factory):
+    """The session's pretrained base, adapted with LoRA (rank 4) and fine-tuned in full."""
     tmp = tmp_path_factory.mktemp("asr")
-    data = [f"--data_folder={tmp / 'corpus'}"]
-    run(str(TRAIN), "hparams/pretrain_asr.yaml", *data, *TINY, f"--output_folder={tmp / 'pre'}")
-    base = tmp / "pre" / "base_model.ckpt"
+    base = asr_base["base"]
     base_hash = sha256(base)
-    common = [*data, *TINY, f"--base_checkpoint={base}"]
+    common = [f"--data_folder={asr_base['corpus']}", *TINY, f"--base_checkpoint={base}"]
     run(str(TRAIN), "hparams/lora_asr.yaml", *common, "--rank=4", f"--output_folder={tmp / 'lora'}")
     run(str(TRAIN), "hparams/full_asr.yaml", *common, f"--output_folder={tmp / 'full'}")
-    return {"tmp": tmp, "base": base, "base_hash": base_hash}
+    return {
+        "tmp": tmp,
+        "base": base,
+        "base_hash": base_hash,
+        "corpus": asr_base["corpus"],
+        "pre": asr_base["pre"],
+    }
 
 
 def test_pretraining_exports_a_base_and_a_summary(runs):
-    summary = json.loads((runs["tmp"] / "pre" / "summary.json").read_text())
+    summary = json.loads((runs["pre"] / "summary.json").read_text())
     assert summary["method"] == "pretrain" and summary["trainable_pct"] == 100.0
+    losses = epoch_losses(runs["pre"] / "train_log.txt")
+    assert len(losses) == 30 and losses[-1] < 0.6 * losses[0]  # it learns
     assert 0.0 <= summary["after"]["source"]["CER"] <= 100.0
     state = torch.load(runs["base"], weights_only=True)
     assert any(key.startswith("encoder.") for key in state)
@@ -103,7 +101,7 @@ def run_failing(*args: str) -> str:
 
 def test_missing_base_checkpoint_says_what_to_run(runs, tmp_path):
     out = run_failing(
-        "hparams/lora_asr.yaml", *TINY, f"--data_folder={runs['tmp'] / 'corpus'}",
+        "hparams/lora_asr.yaml", *TINY, f"--data_folder={runs['corpus']}",
         f"--output_folder={tmp_path / 'x'}", f"--base_checkpoint={tmp_path / 'nope.ckpt'}",
     )  # fmt: skip
     assert "hparams/pretrain_asr.yaml" in out
@@ -122,7 +120,7 @@ def test_two_process_torchrun(runs):
     out = runs["tmp"] / "ddp"
     run(
         "--nproc_per_node=2", str(TRAIN), "hparams/lora_asr.yaml",
-        f"--data_folder={runs['tmp'] / 'corpus'}", *TINY, f"--base_checkpoint={runs['base']}",
+        f"--data_folder={runs['corpus']}", *TINY, f"--base_checkpoint={runs['base']}",
         "--distributed_backend=gloo", f"--output_folder={out}",
         launcher=(str(torchrun),),
     )  # fmt: skip
@@ -146,7 +144,7 @@ def test_every_adapter_recipe_trains_and_saves_its_adapter(runs, method):
         pytest.importorskip("peft")
     out = runs["tmp"] / method
     run(
-        str(TRAIN), f"hparams/{method}_asr.yaml", f"--data_folder={runs['tmp'] / 'corpus'}",
+        str(TRAIN), f"hparams/{method}_asr.yaml", f"--data_folder={runs['corpus']}",
         *TINY, "--evaluate_before=False", f"--base_checkpoint={runs['base']}",
         f"--output_folder={out}",
     )  # fmt: skip
@@ -163,7 +161,7 @@ def test_every_adapter_recipe_trains_and_saves_its_adapter(runs, method):
 
 def test_bring_your_own_manifests(runs, tmp_path):
     """Any manifest with ID, duration, wav, wrd works; wav may be an absolute path."""
-    corpus = runs["tmp"] / "corpus"
+    corpus = runs["corpus"]
     for split in ("train", "valid", "test"):
         text = (corpus / f"voices_{split}.csv").read_text().replace("$data_root", str(corpus))
         (tmp_path / f"mine_{split}.csv").write_text(text)
