@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe_runs import run  # noqa: E402
+from recipe_runs import run
 
 ROOT = Path(__file__).resolve().parents[1]
 ASR_TRAIN = ROOT / "recipes" / "asr" / "train.py"

@@ -36,4 +36,6 @@ def epoch_losses(train_log: Path) -> list[float]:
     import re
 
     text = Path(train_log).read_text()
-    return [float(x) for x in re.findall(r"^epoch: \d+.* train loss: ([-+.\deE]+)", text, re.M)]
+    return [
+        float(x) for x in re.findall(r"^epoch: \d+.* train loss: ([-+.\deE]+)", text, re.MULTILINE)
+    ]

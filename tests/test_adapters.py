@@ -199,9 +199,12 @@ def test_adapter_file_round_trip_and_refusal(tmp_path):
     model = AdaptedModel(
         make_net(), LoRA, all_linear=True, all_conv=True, adapter_kwargs={"rank": 2}
     )
-    randomise(model)
-    model.train()
-    model(torch.randn(8, 4, 10))  # moves BatchNorm statistics
+    model.train()  # a few real updates: A, B and the BatchNorm statistics all move
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.randn(8, 4, 10)).pow(2).mean().backward()
+        optimizer.step()
     model.eval()
     x = torch.randn(2, 4, 10)
     expected = model(x)
@@ -217,9 +220,12 @@ def test_adapter_file_round_trip_and_refusal(tmp_path):
     fresh = AdaptedModel(
         make_net(), LoRA, all_linear=True, all_conv=True, adapter_kwargs={"rank": 2}
     ).eval()
+    perturb(fresh)  # adapters that start elsewhere: loading must replace every tensor
     assert not torch.allclose(fresh(x), expected)
     fresh.load_adapter(str(path))
-    assert torch.equal(fresh(x), expected)  # BatchNorm statistics travelled too
+    assert torch.equal(fresh(x), expected)  # A, B and BatchNorm statistics all travelled
+    saved = model.adapter_state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in fresh.adapter_state_dict().items())
 
     other = AdaptedModel(
         make_net(seed=3), LoRA, all_linear=True, all_conv=True, adapter_kwargs={"rank": 2}
@@ -295,9 +301,20 @@ def test_training_changes_adapters_only(cls, kwargs):
     for key, value in before.items():
         if not key.startswith("1."):  # BatchNorm statistics move in training mode
             assert torch.equal(after[key], value), key
+    # The base with the same (moved) BatchNorm statistics: only the adapters differ from it.
     x = torch.randn(2, 4, 10)
     model.eval()
-    assert not torch.allclose(model(x), copy.deepcopy(make_net()).eval()(x), atol=1e-5)
+    reference = make_net().eval()
+    reference.load_state_dict({k: after[k] for k in reference.state_dict()})
+    assert not torch.allclose(model(x), reference(x), atol=1e-5)
+    with torch.no_grad():  # and undoing the adapters' update gives the reference back
+        for adapter in model.adapters().values():
+            (adapter.lora_B if hasattr(adapter, "lora_B") else adapter.up.weight).zero_()
+            if hasattr(adapter, "magnitude"):
+                adapter.magnitude.copy_(adapter.base_layer.weight.flatten(1).norm(dim=1))
+            if hasattr(adapter, "up"):
+                adapter.up.bias.zero_()
+    assert torch.allclose(model(x), reference(x), atol=1e-5)
 
 
 PEFT_METHODS = {

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from hyperpyyaml import load_hyperpyyaml
-from recipe_runs import run, run_failing
+from recipe_runs import epoch_losses, run, run_failing
 
 from recipes.whisper.random_init import save_random_whisper
 
@@ -151,3 +153,45 @@ def test_every_adapter_yaml_adapts_whisper(runs, method):
     assert set(summary["after"]) == {"target", "source"}
     size = (out / "adapter.safetensors").stat().st_size
     assert size == summary["adapter_file_bytes"] > 0
+
+
+def test_lora_learns_a_set_it_can_overfit(runs, tmp_path):
+    """Trained and tested on the same 8 utterances: the loss falls and the WER too."""
+    corpus = runs["tmp"] / "corpus"
+    common = [
+        a
+        for a in runs["common"]
+        if not a.startswith(("--lr=", "--test_utterances=", "--before_cache="))
+    ]
+    out = tmp_path / "overfit"
+    run(
+        str(TRAIN), "hparams/lora_whisper.yaml", *common, "--lr=0.02", "--number_of_epochs=10",
+        "--test_utterances=8", f"--test_sets={{target: {corpus / 'noisy_train.csv'}}}",
+        f"--output_folder={out}",
+    )  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    losses = epoch_losses(out / "train_log.txt")
+    assert len(losses) == 10 and losses[-1] < losses[0] - 0.2
+    assert summary["after"]["target"]["WER"] < summary["before"]["target"]["WER"] - 20
+
+
+def test_kill_9_mid_training_then_rerun_ends_with_the_same_figures(runs, tmp_path):
+    args = [str(TRAIN), "hparams/lora_whisper.yaml", *runs["common"], "--number_of_epochs=2"]
+    run(*args, f"--output_folder={tmp_path / 'reference'}")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SPEECH_ADAPTERS_FAULT": "train_batch:3"}
+    killed = subprocess.run(
+        [sys.executable, *args, f"--output_folder={tmp_path / 'killed'}"],
+        env=env, cwd=ROOT, capture_output=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert killed.returncode == -9
+    run(*args, f"--output_folder={tmp_path / 'killed'}")
+    figures = [
+        json.loads((tmp_path / n / "summary.json").read_text()) for n in ("reference", "killed")
+    ]
+    for summary in figures:
+        summary.pop("train_time_s")
+    assert figures[0] == figures[1]
+    adapters = [
+        (tmp_path / n / "adapter.safetensors").read_bytes() for n in ("reference", "killed")
+    ]
+    assert adapters[0] == adapters[1]
