@@ -23,7 +23,7 @@ MANIFEST_COLUMNS = ("ID", "duration", "wav", "wrd")
 
 
 def read_manifest(path: str, data_root: str | None = None, hint: str = "") -> dict[str, dict]:
-    """The rows of a SpeechBrain CSV manifest by ID, failing early and clearly.
+    r"""The rows of a SpeechBrain CSV manifest by ID, failing early and clearly.
 
     A byte-order mark and CRLF line ends read fine; ``$data_root`` in the ``wav``
     column is replaced; ``duration`` becomes a float. A missing file, missing

@@ -156,3 +156,28 @@ def test_converted_model_transcribes_a_generated_utterance(packaged, tmp_path):
     details = wer_details_for_batch(["u"], [text.split()], [hyp])[0]
     # A wrong mapping (say, Q and K swapped) gives no usable words at all.
     assert details["WER"] <= 20.0, hyp
+
+
+def test_a_damaged_converted_folder_is_converted_again(packaged, tmp_path):
+    import shutil
+
+    folder = tmp_path / "tiny.en"
+    shutil.copytree(packaged["folder"], folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy cut short
+    assert convert.safetensors_problem(weights) is not None
+    assert resolve_source("packaged", folder) == str(folder)
+    assert convert.safetensors_problem(weights) is None
+    assert weights.read_bytes() == (Path(packaged["folder"]) / "model.safetensors").read_bytes()
+    # a damaged folder of the user's own is named, not converted over
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"is damaged: .*model.safetensors is truncated"):
+        resolve_source(str(folder), "unused")
+
+
+def test_a_mistyped_local_folder_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pretrained").mkdir()
+    with pytest.raises(FileNotFoundError, match="pretrained/whisper-tiny.ne does not exist"):
+        resolve_source("pretrained/whisper-tiny.ne", "unused")
+    assert resolve_source("openai/whisper-small.en", "unused") == "openai/whisper-small.en"
