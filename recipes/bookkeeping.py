@@ -259,7 +259,7 @@ def check_inputs(folder: str, current: dict, fresh_start: bool = False) -> None:
 class RunState:
     """Random states (torch, CUDA, numpy, Python) and training seconds, checkpointed.
 
-    Saved as JSON (no pickle). Loading restores the random streams, so dropout,
+    Saved as JSON (no pickle), one file per DDP process. Loading restores the random streams, so dropout,
     augmentation and data order after a resume are those of an uninterrupted run.
 
     Example
@@ -291,12 +291,13 @@ class RunState:
             "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
             "train_seconds": self.train_seconds,
         }
-        write_json(path, state)
+        write_json(_for_this_rank(path), state)
 
     @checkpoints.mark_as_loader
     def _load(self, path: str, end_of_epoch: bool) -> None:
         del end_of_epoch
-        with open(path) as handle:
+        mine = _for_this_rank(path)
+        with open(mine if os.path.isfile(mine) else path) as handle:
             state = json.load(handle)
         torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
         if state["cuda"] and torch.cuda.is_available():
@@ -308,6 +309,12 @@ class RunState:
         version, internal, gauss_next = state["python"]
         random.setstate((version, tuple(internal), gauss_next))
         self.train_seconds = float(state["train_seconds"])
+
+
+def _for_this_rank(path: str) -> str:
+    """Each DDP process keeps its own random states: ``path`` for rank 0, ``path.rank<r>`` else."""
+    rank = int(os.environ.get("RANK", "0"))
+    return str(path) if rank == 0 else f"{path}.rank{rank}"
 
 
 class CompleteCheckpointer(checkpoints.Checkpointer):
