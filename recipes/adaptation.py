@@ -94,8 +94,9 @@ class AdaptationBrain(sb.Brain):
     What it refuses to report: an update whose loss or gradients are not finite
     is skipped and counted (``skipped_updates``), and more than
     ``nonfinite_patience`` in a row stop training with the likely causes; a first
-    epoch that changes no trainable parameter stops it too; weights that are not
-    finite are never checkpointed.
+    epoch without an update that could change a parameter (no batch, zero
+    gradients, zero learning rate) stops it too; weights that are not finite are
+    never checkpointed.
     """
 
     def init_optimizers(self) -> None:
@@ -127,18 +128,11 @@ class AdaptationBrain(sb.Brain):
         super().on_fit_start()
         self.skipped_updates = getattr(self, "skipped_updates", 0)
         self._nonfinite_in_a_row, self._nonfinite_batch = 0, False
-        fresh = self.hparams.epoch_counter.current == 0
-        self._start_checksum = self._trainable_checksum() if fresh else None
+        # Until an update with a non-zero gradient and learning rate is seen, in a first epoch.
+        self._learning_seen = self.hparams.epoch_counter.current > 0
 
     def _trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.modules.parameters() if p.requires_grad]
-
-    def _trainable_checksum(self) -> list[float]:
-        with torch.no_grad():
-            return [
-                float(p.double().sum()) + float(p.double().norm())
-                for p in self._trainable_parameters()
-            ]
 
     def on_fit_batch_start(self, batch, should_step) -> None:
         fault_point("train_batch")
@@ -154,6 +148,11 @@ class AdaptationBrain(sb.Brain):
         finite = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
         if finite and not self._nonfinite_batch:
             self._nonfinite_in_a_row = 0
+            if not self._learning_seen:
+                moving = any(group["lr"] > 0 for group in self.optimizer.param_groups)
+                self._learning_seen = moving and any(
+                    p.grad is not None and bool(p.grad.any()) for p in params
+                )
             return super().optimizers_step()
         self._nonfinite_batch = False
         self.skipped_updates += 1
@@ -196,17 +195,13 @@ class AdaptationBrain(sb.Brain):
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
             self.run_state.train_seconds += time.perf_counter() - self.stage_start
-            if (
-                self._start_checksum is not None
-                and self._trainable_checksum() == self._start_checksum
-            ):
+            if not self._learning_seen:
                 raise RuntimeError(
-                    "The first epoch changed no trainable parameter "
-                    f"({self.skipped_updates} updates skipped): this configuration trains nothing. "
-                    "Check lr, alpha and the adapted layers; for an evaluation without training, "
-                    "set evaluate_only: True."
+                    "The first epoch made no update with a non-zero gradient and learning rate "
+                    f"({self.skipped_updates} updates skipped): this configuration trains "
+                    "nothing. Check that the training set is not empty, lr, alpha and the "
+                    "adapted layers; for an evaluation without training, set evaluate_only: True."
                 )
-            self._start_checksum = None
         elif stage == sb.Stage.VALID:
             lr = self.optimizer.param_groups[0]["lr"]
             self.hparams.train_logger.log_stats(
@@ -393,6 +388,12 @@ def run_adaptation(
             write_json(os.path.join(folder, "summary.json"), summary)
         return summary
     check_trains_something(adapted)
+    if len(train_set) == 0:
+        raise ValueError(
+            f"The training set is empty once filtered ({hparams['train_csv']}): no utterance is "
+            "left (too long for train_window_s, or too short for min_audio_s?). Loosen the "
+            "filter or add data."
+        )
 
     if hparams.get("evaluate_before", False):
         summary["before"] = _evaluate_before(brain, hparams, test_sets, inputs)

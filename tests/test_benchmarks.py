@@ -88,7 +88,7 @@ def test_quality_sweep_runs_each_configuration_and_plots(tmp_path):
            f"--whisper_source={source}", f"--data_folder={tmp_path / 'corpus'}",
            f"--hub_cache={tmp_path / 'hub'}", "--corpus_size=tiny", "--real_speech=False",
            "--train_utterances=4", "--valid_utterances=2", "--test_utterances=2",
-           "--batch_size=2", "--num_workers=0", "--train_window_s=1", "--eval_window_s=1"]  # fmt: skip
+           "--batch_size=2", "--num_workers=0", "--train_window_s=2", "--eval_window_s=2"]  # fmt: skip
     result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     data = json.loads((tmp_path / "out" / "quality_whisper_noisy.json").read_text())

@@ -165,7 +165,7 @@ def test_diverging_training_stops_instead_of_writing_a_broken_adapter(asr_base, 
             ["--all_linear=False", "--unfrozen_layers=[]"],
             "No layer is adapted and none is unfrozen",
         ),
-        (["--lr=0"], "The first epoch changed no trainable parameter"),
+        (["--lr=0"], "The first epoch made no update with a non-zero gradient"),
     ],
 )
 def test_a_run_that_trains_nothing_is_refused(asr_base, tmp_path, overrides, expected):
