@@ -167,7 +167,7 @@ def test_lora_learns_a_set_it_can_overfit(runs, tmp_path):
     run(
         str(TRAIN), "hparams/lora_whisper.yaml", *common, "--lr=0.02", "--number_of_epochs=10",
         "--test_utterances=8", f"--test_sets={{target: {corpus / 'noisy_train.csv'}}}",
-        f"--output_folder={out}",
+        f"--before_cache={tmp_path / 'before.json'}", f"--output_folder={out}",
     )  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
     losses = epoch_losses(out / "train_log.txt")
