@@ -57,7 +57,9 @@ def base_fingerprint(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         header = f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode()
         layout.update(header)
         values.update(header)
-        values.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        values.update(
+            tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        )
     return {
         "layout": layout.hexdigest(),
         "values": values.hexdigest(),

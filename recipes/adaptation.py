@@ -427,13 +427,19 @@ def run_adaptation(
 
 
 def _pretrained_state(model: torch.nn.Module, adapted) -> dict[str, torch.Tensor]:
-    """The weights a run starts from, adapters aside: frozen and unfrozen layers alike."""
+    """The weights a run starts from, adapters aside, under the plain model's names.
+
+    The same for every method on one base (so the runs share ``before_cache``):
+    all parameters and persistent buffers of the base, frozen or not.
+    """
     if adapted is None:
-        return model.state_dict()
+        return dict(model.state_dict())
     state = adapted.base_state()
-    for name in adapted.unfrozen_layers:
-        for key, value in adapted.adapted_model.get_submodule(name).state_dict().items():
-            state[f"{name}.{key}"] = value
+    owned = {id(p) for adapter in adapted.adapters().values() for p in adapter.parameters()}
+    for key, value in adapted.adapted_model.state_dict(keep_vars=True).items():
+        plain = key.replace("base_layer.", "")
+        if plain not in state and id(value) not in owned and "param_adapters." not in key:
+            state[plain] = value.detach()
     return state
 
 

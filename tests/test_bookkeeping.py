@@ -92,3 +92,32 @@ def test_a_checkpoint_cut_short_is_removed_not_loaded(tmp_path, caplog):
     assert [c.path for c in checkpointer.list_checkpoints()] == [good.path]
     assert not cut.exists() and "cut short" in caplog.text
     assert checkpointer.recover_if_possible(min_key="WER").path == good.path
+
+
+@pytest.mark.parametrize("cls", ["LoRA", "DoRA", "PoolLoRA", "Houlsby"])
+def test_every_method_on_one_base_starts_from_the_same_fingerprint(cls):
+    """So that full fine-tuning and each adapter share the cached 'before' figures."""
+    import adapters
+    from recipes.adaptation import _pretrained_state
+    from recipes.bookkeeping import tensors_fingerprint
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Linear(4, 4),
+            torch.nn.BatchNorm1d(4),
+            torch.nn.LSTM(4, 4),
+            torch.nn.Linear(4, 2),
+        )
+
+    kwargs = {"projection_size": 2} if cls == "Houlsby" else {"rank": 2}
+    adapted = adapters.AdaptedModel(
+        net(), getattr(adapters, cls), all_linear=True, unfrozen_layers=["3"], adapter_kwargs=kwargs
+    )
+    plain = _pretrained_state(net(), None)
+    state = _pretrained_state(adapted, adapted)
+    assert sorted(state) == sorted(plain)
+    assert tensors_fingerprint(state) == tensors_fingerprint(plain)
+    with torch.no_grad():
+        adapted.adapted_model[3].weight.add_(1.0)  # another initial head: another fingerprint
+    assert tensors_fingerprint(_pretrained_state(adapted, adapted)) != tensors_fingerprint(plain)
