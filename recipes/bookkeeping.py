@@ -27,12 +27,14 @@ import signal
 import socket
 import time
 from collections.abc import Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from speechbrain.utils import checkpoints
+from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
 from recipes.common import write_json
 
@@ -257,7 +259,7 @@ def check_inputs(folder: str, current: dict, fresh_start: bool = False) -> None:
 
 
 # ------------------------------------------------------- exact resumption
-@checkpoints.register_checkpoint_hooks
+@partial(checkpoints.register_checkpoint_hooks, save_on_main_only=False)  # every process saves
 class RunState:
     """Random states (torch, CUDA, numpy, Python) and training seconds, checkpointed.
 
@@ -328,13 +330,17 @@ class CompleteCheckpointer(checkpoints.Checkpointer):
 
     def save_checkpoint(self, *args: Any, **kwargs: Any):
         ckpt = super().save_checkpoint(*args, **kwargs)
+        ddp_barrier()  # every process has written its files (each keeps its random states)
         if ckpt is not None:  # the main process
             Path(ckpt.path, self.MARKER).touch()
+        ddp_barrier()  # no process lists checkpoints before the marker exists
         return ckpt
 
     def list_checkpoints(self):
+        """Complete checkpoints only; the main process removes the others (a kill mid-write)."""
         for path in self._list_checkpoint_dirs():
-            if not Path(path, self.MARKER).is_file():
+            if not Path(path, self.MARKER).is_file() and if_main_process():
                 logger.warning("Removing %s: a checkpoint cut short while being written.", path)
                 shutil.rmtree(path, ignore_errors=True)
-        return super().list_checkpoints()
+        complete = [p for p in self._list_checkpoint_dirs() if Path(p, self.MARKER).is_file()]
+        return self._construct_checkpoint_objects(complete)

@@ -7,7 +7,7 @@ same command, and compares the summary (training time aside) and the adapter byt
 an uninterrupted run of the same configuration. It exits non-zero on any difference.
 
     python tests/soak.py                     # 8 trials per configuration, ~10 min on 2 cores
-    python tests/soak.py --trials 20 --seed 3
+    python tests/soak.py --trials 20 --seed 3 --configs asr-ddp
 
 Authors
  * speech-adapters contributors 2026
@@ -85,13 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=8, help="per configuration")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--configs", default="asr,whisper,asr-ddp", help="which configurations")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     start, failures, rows = time.time(), 0, []
     try:
+        chosen = args.configs.split(",")
         for name, (command, batches) in configurations(work).items():
+            if name not in chosen:
+                continue
             reference = work / f"{name}-reference"
             execute([*command, f"--output_folder={reference}"])
             expected = outcome(reference)
