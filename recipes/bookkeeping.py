@@ -131,8 +131,11 @@ def _alive(pid: Any) -> bool:
 # ---------------------------------------------------------- fingerprints
 def sha256_file(path: str) -> str:
     """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def sha256_json(data: Any) -> str:
