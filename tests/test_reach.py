@@ -271,6 +271,16 @@ def test_ligru_keeps_working_through_its_linear_layers():
     assert torch.allclose(model(x)[0], reference(x)[0], atol=1e-6)
     model(x)[0].pow(2).mean().backward()
     assert all(a.lora_B.grad.abs().sum() > 0 for a in model.adapters().values())
+    perturb(model)
+    model.eval()
+    trained = model(x)[0]
+    assert not torch.allclose(trained, reference.eval()(x)[0], atol=1e-4)
+    model.merge()
+    assert torch.allclose(model(x)[0], trained, atol=1e-5)
+    model.unmerge()
+    fresh = sb_rnn.LiGRU(hidden_size=5, input_shape=(2, 7, 6), normalization="layernorm").eval()
+    fresh.load_state_dict(model.export_plain().state_dict(), strict=True)
+    assert torch.allclose(fresh(x)[0], trained, atol=1e-5)
 
 
 # ------------------------------------------------------------ any raw weight
