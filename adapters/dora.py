@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapters.base import LINEAR_TYPES
-from adapters.lora import LoRA, linear_into_fresh, lowrank_grads, needs_grad
+from adapters.lora import LoRA, compute_dtype, linear_into_fresh, lowrank_grads, needs_grad
 
 
 def _unit_norm(weight: torch.Tensor) -> torch.Tensor:
@@ -30,36 +30,52 @@ class _FusedDoRALinear(torch.autograd.Function):
     """``m / ||W'|| * (x W'^T) + b`` with ``W' = W + s B A``, in one matmul.
 
     The backward (norm constant) takes ``dx`` from the merged weight, ``m``'s gradient
-    from the saved pre-scale output, and ``A``, ``B``'s from rank-r products.
+    from the saved pre-scale output, and ``A``, ``B``'s from rank-r products. Under
+    autocast, ``W'``, its norm and the scale stay in the parameters' precision and the
+    matmuls run in the autocast dtype, as for ``_FusedLoRALinear``.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, magnitude, scaling):
-        merged = torch.addmm(weight, lora_b, lora_a, alpha=scaling)
-        norm = _unit_norm(merged)
-        scale = magnitude / norm
-        pre = linear_into_fresh(x, merged)
-        out = pre * scale if bias is None else torch.addcmul(bias, pre, scale)
-        ctx.save_for_backward(x, pre, weight, lora_a, lora_b, norm, scale)
-        ctx.scaling, ctx.has_bias = scaling, bias is not None
+        dtype = compute_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
+            merged = torch.addmm(weight, lora_b, lora_a, alpha=scaling)
+            norm = _unit_norm(merged)
+            scale = magnitude / norm
+            xc = x.to(dtype)
+            pre = linear_into_fresh(xc, merged.to(dtype))
+            scale_c = scale.to(dtype)
+            out = pre * scale_c if bias is None else torch.addcmul(bias.to(dtype), pre, scale_c)
+        ctx.save_for_backward(xc, pre, weight, lora_a, lora_b, norm, scale)
+        ctx.scaling, ctx.dtype, ctx.x_dtype = scaling, dtype, x.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
         return out
 
     @staticmethod
     def backward(ctx, grad):
         x, pre, weight, lora_a, lora_b, norm, scale = ctx.saved_tensors
-        g = grad.reshape(-1, grad.shape[-1])
-        g_pre = g * scale
-        grad_x = grad_bias = grad_m = None
-        if ctx.needs_input_grad[0]:
-            merged = torch.addmm(weight, lora_b, lora_a, alpha=ctx.scaling)
-            grad_x = (g_pre @ merged).view(*grad.shape[:-1], weight.shape[1])
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = g.sum(0)
-        if ctx.needs_input_grad[5]:
-            grad_m = (g * pre.reshape(g.shape)).sum(0).div_(norm)
-        x2 = x.reshape(-1, x.shape[-1])
-        grad_a, grad_b = lowrank_grads(g_pre, x2, lora_a, lora_b, ctx.scaling)
-        return grad_x, None, grad_bias, grad_a, grad_b, grad_m, None
+        dtype = ctx.dtype
+        with torch.autocast(grad.device.type, enabled=False):
+            g = grad.reshape(-1, grad.shape[-1]).to(dtype)
+            g_pre = g * scale.to(dtype)
+            grad_x = grad_bias = grad_m = None
+            if ctx.needs_input_grad[0]:
+                merged = torch.addmm(weight, lora_b, lora_a, alpha=ctx.scaling).to(dtype)
+                grad_x = (g_pre @ merged).view(*grad.shape[:-1], weight.shape[1])
+                grad_x = grad_x.to(ctx.x_dtype)
+            if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+                grad_bias = g.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
+            if ctx.needs_input_grad[5]:
+                products = (g * pre.reshape(g.shape)).sum(0, dtype=torch.float32)
+                grad_m = products.div_(norm).to(norm.dtype)
+            x2 = x.reshape(-1, x.shape[-1])
+            grad_a, grad_b = lowrank_grads(
+                g_pre, x2, lora_a.to(dtype), lora_b.to(dtype), ctx.scaling
+            )
+        return (
+            grad_x, None, grad_bias, grad_a.to(lora_a.dtype), grad_b.to(lora_b.dtype),
+            grad_m, None,
+        )  # fmt: skip
 
 
 class DoRA(LoRA):

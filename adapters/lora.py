@@ -57,6 +57,24 @@ def linear_into_fresh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return out
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul on ``x`` runs in: autocast's where it is on for ``x``'s device.
+
+    Example
+    -------
+    >>> x = torch.randn(2, 3)
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     compute_dtype(x)
+    torch.bfloat16
+    >>> compute_dtype(x)
+    torch.float32
+    """
+    kind = x.device.type
+    if torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return x.dtype
+
+
 class _FusedLoRALinear(torch.autograd.Function):
     """``x (W + s B A P)^T + b`` in one matmul, with rank-r gradients.
 
@@ -64,30 +82,43 @@ class _FusedLoRALinear(torch.autograd.Function):
     ``down`` applies it to activations, ``expand`` turns ``A`` into ``A P``. The
     backward takes ``dx`` from the merged weight and ``A``, ``B`` gradients from
     rank-r products (no full weight gradient); only ``down(x)`` is saved.
+
+    Under autocast it follows the autocast dtype as ``torch.amp.custom_fwd`` would:
+    the merged weight is formed in the parameters' precision, the matmuls run in
+    the autocast dtype, and the gradients return in each input's own dtype (float32
+    adapters keep float32 gradients and optimizer state).
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, down, expand):
-        merged = torch.addmm(weight, lora_b, expand(lora_a), alpha=scaling)
-        ctx.save_for_backward(down(x), weight, lora_a, lora_b)
-        ctx.scaling, ctx.expand = scaling, expand
-        ctx.has_bias = bias is not None
-        return linear_into_fresh(x, merged, bias)
+        dtype = compute_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
+            merged = torch.addmm(weight, lora_b, expand(lora_a), alpha=scaling).to(dtype)
+            xc = x.to(dtype)
+            ctx.save_for_backward(down(xc), weight, lora_a, lora_b)
+            out = linear_into_fresh(xc, merged, None if bias is None else bias.to(dtype))
+        ctx.scaling, ctx.expand, ctx.dtype, ctx.x_dtype = scaling, expand, dtype, x.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         h, weight, lora_a, lora_b = ctx.saved_tensors
-        s = ctx.scaling
-        g = grad.reshape(-1, grad.shape[-1])
-        h2 = h.reshape(-1, h.shape[-1])
-        grad_x = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            merged = torch.addmm(weight, lora_b, ctx.expand(lora_a), alpha=s)
-            grad_x = (g @ merged).view(*grad.shape[:-1], weight.shape[1])
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = g.sum(0)
-        grad_a, grad_b = lowrank_grads(g, h2, lora_a, lora_b, s)
-        return grad_x, None, grad_bias, grad_a, grad_b, None, None, None
+        s, dtype = ctx.scaling, ctx.dtype
+        with torch.autocast(grad.device.type, enabled=False):
+            g = grad.reshape(-1, grad.shape[-1]).to(dtype)
+            h2 = h.reshape(-1, h.shape[-1])
+            grad_x = grad_bias = None
+            if ctx.needs_input_grad[0]:
+                merged = torch.addmm(weight, lora_b, ctx.expand(lora_a), alpha=s).to(dtype)
+                grad_x = (g @ merged).view(*grad.shape[:-1], weight.shape[1]).to(ctx.x_dtype)
+            if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+                grad_bias = g.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
+            grad_a, grad_b = lowrank_grads(g, h2, lora_a.to(dtype), lora_b.to(dtype), s)
+        return (
+            grad_x, None, grad_bias, grad_a.to(lora_a.dtype), grad_b.to(lora_b.dtype),
+            None, None, None,
+        )  # fmt: skip
 
 
 def needs_grad(x: torch.Tensor, *params: torch.Tensor) -> bool:
