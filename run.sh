@@ -8,7 +8,8 @@
 #   bash run.sh asr      the second job: pretrain a small Conformer CTC on the corpus (once),
 #                        adapt it with LoRA and with full fine-tuning, print its table
 #
-# Extra arguments after `main` or `asr` go to both adaptation runs, e.g.
+# Extra arguments after `main` or `asr` go to both adaptation runs, each run taking the
+# ones its YAML defines (--rank reaches the LoRA run only; a typo stops the job), e.g.
 #   bash run.sh main --target voices --rank 16
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -45,14 +46,26 @@ setup() {
     fi
 }
 
+# train SCRIPT YAML OTHER_YAML ARGS...: run SCRIPT on YAML with the ARGS it takes.
+train() {
+    local script=$1 yaml=$2 other=$3
+    shift 3
+    local args list
+    list=$(mktemp)
+    "$PY" -m recipes.overrides "$yaml" "$other" -- "$@" >"$list" || { rm -f "$list"; exit 2; }
+    mapfile -d '' -t args <"$list"
+    rm -f "$list"
+    "$PY" "$script" "$yaml" "${args[@]}"
+}
+
 main_job() {
     local start=$SECONDS
     echo "[main] converting the packaged Whisper tiny.en (once)"
     "$PY" -m recipes.whisper.convert --output pretrained/whisper-tiny.en
     echo "[main] adapting Whisper with LoRA (evaluating before and after)"
-    "$PY" recipes/whisper/train.py hparams/lora_whisper.yaml "$@"
+    train recipes/whisper/train.py hparams/lora_whisper.yaml hparams/full_whisper.yaml "$@"
     echo "[main] full fine-tuning, for comparison"
-    "$PY" recipes/whisper/train.py hparams/full_whisper.yaml "$@"
+    train recipes/whisper/train.py hparams/full_whisper.yaml hparams/lora_whisper.yaml "$@"
     "$PY" recipes/report.py results/whisper
     echo "[main] done in $((SECONDS - start)) s"
 }
@@ -66,9 +79,9 @@ asr_job() {
         echo "[asr] base model found: results/pretrain_asr/base_model.ckpt"
     fi
     echo "[asr] adapting with LoRA"
-    "$PY" recipes/asr/train.py hparams/lora_asr.yaml "$@"
+    train recipes/asr/train.py hparams/lora_asr.yaml hparams/full_asr.yaml "$@"
     echo "[asr] full fine-tuning, for comparison"
-    "$PY" recipes/asr/train.py hparams/full_asr.yaml "$@"
+    train recipes/asr/train.py hparams/full_asr.yaml hparams/lora_asr.yaml "$@"
     "$PY" recipes/report.py results/pretrain_asr results/lora_asr results/full_asr --sets target source
     echo "[asr] done in $((SECONDS - start)) s"
 }

@@ -1,0 +1,51 @@
+"""``bash run.sh main|asr ARGS``: each of the two runs takes the arguments its YAML defines."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recipes.overrides import arguments_for
+
+ROOT = Path(__file__).resolve().parents[1]
+JOBS = {
+    "main": ("hparams/lora_whisper.yaml", "hparams/full_whisper.yaml"),
+    "asr": ("hparams/lora_asr.yaml", "hparams/full_asr.yaml"),
+}
+
+
+def test_readme_example_gives_rank_to_the_lora_run_only():
+    argv = ["--target", "voices", "--rank", "16"]
+    lora, full = JOBS["main"]
+    assert arguments_for(ROOT / lora, argv, [ROOT / full]) == (argv, [])
+    assert arguments_for(ROOT / full, argv, [ROOT / lora]) == (["--target", "voices"], ["rank"])
+
+
+def test_run_options_reach_both_runs_and_a_typo_stops_the_job():
+    lora, full = (ROOT / p for p in JOBS["asr"])
+    kept, _ = arguments_for(full, ["--precision=bf16", "--device", "cpu", "--alpha", "8"], [lora])
+    assert kept == ["--precision=bf16", "--device", "cpu"]
+    with pytest.raises(ValueError, match="--rnak is neither"):
+        arguments_for(lora, ["--rnak", "16"], [full])
+    result = subprocess.run(
+        [sys.executable, "-m", "recipes.overrides", str(full), str(lora), "--", "--rank", "4"],
+        cwd=ROOT, capture_output=True, check=True,
+    )  # fmt: skip
+    assert result.stdout == b"" and b"--rank: not a setting" in result.stderr
+
+
+def test_every_run_sh_example_of_the_readme_applies_to_both_runs():
+    """The README's ``bash run.sh main|asr ...`` examples: no run gets a key it lacks."""
+    text = (ROOT / "README.md").read_text()
+    examples = re.findall(r"bash run\.sh (main|asr) (--[^`\n]*)", text)
+    assert examples, "the README shows no run.sh example with arguments"
+    for job, args in examples:
+        lora, full = (ROOT / p for p in JOBS[job])
+        argv = args.split()
+        for yaml, other in ((lora, full), (full, lora)):
+            kept, left_out = arguments_for(yaml, argv, [other])
+            assert len(kept) + 2 * len(left_out) == len(argv)  # every --key value placed
