@@ -224,8 +224,15 @@ class AdaptedModel(AdapterCheckpoints, AdapterBank):
                 "insert_adapters() after loading the pretrained weights (nothing is adapted yet)."
             )
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the adapted model (the first training call checks that gradients reach the adapters)."""
+    def forward(
+        self, *args: Any, adapter_names: Sequence[str | None] | None = None, **kwargs: Any
+    ) -> Any:
+        """Call the adapted model (the first training call checks that gradients reach the
+        adapters). ``adapter_names``: one adapter set per sample (``None``: the base), see
+        ``mixed_adapters``."""
+        if adapter_names is not None:
+            with self.mixed_adapters(adapter_names):
+                return self.forward(*args, **kwargs)
         if not self.training or not torch.is_grad_enabled() or self._grad_flow_checked:
             return self.adapted_model(*args, **kwargs)
         self._require_inserted("Training forward")

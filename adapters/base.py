@@ -62,6 +62,16 @@ class Adapter(nn.Module):
         self.merged = False
         self._register_load_state_dict_pre_hook(accept_plain_keys, with_module=True)
 
+    def __getattr__(self, name: str) -> object:
+        """Attributes of the wrapped layer (``stride``, ``in_features``...) stay readable,
+        as model code reads them (transformers' Whisper checks ``conv1.stride``)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer":
+                raise
+            return getattr(self.base_layer, name)
+
     def delta_weight(self) -> torch.Tensor:
         """Return the change this adapter makes to ``base_layer.weight``."""
         raise NotImplementedError(f"{type(self).__name__} cannot be merged into its base layer.")

@@ -114,6 +114,29 @@ class DoRA(LoRA):
         weight = self.base_layer.weight
         return self.adapted_weight(weight) - weight
 
+    def mixed_forward(
+        self, x: torch.Tensor, groups: list[tuple[torch.Tensor, dict[str, torch.Tensor] | None]]
+    ) -> torch.Tensor:
+        """One batch, one adapter set per group of samples (dim 0): the base product
+        once for all, each group rescaled by its own magnitude and direction."""
+        if self.merged:
+            raise RuntimeError("Unmerge the adapters before running a mixed batch.")
+        layer = self.base_layer
+        linear = isinstance(layer, LINEAR_TYPES)
+        base = F.linear(x, layer.weight) if linear else layer._conv_forward(x, layer.weight, None)
+        shape = (-1,) if linear else (-1,) + (1,) * (x.dim() - 2)
+        out = base.clone()
+        for index, params in groups:
+            if params is None:
+                continue
+            norm = _unit_norm(layer.weight + self.lowrank_delta(params))
+            scale = (params["magnitude"] / norm).view(shape)
+            group = scale * (base[index] + self.lowrank_branch(x[index], params))
+            out[index] = group.to(out.dtype)
+        if layer.bias is not None:
+            out = out + layer.bias.view(shape)
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Rescaled base-plus-low-rank output, then the bias (fused on a frozen Linear)."""
         layer = self.base_layer

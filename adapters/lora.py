@@ -228,8 +228,9 @@ class LoRA(Adapter):
     def _full_A(self) -> torch.Tensor:
         return self._expand_A(self.lora_A)
 
-    def lowrank_delta(self) -> torch.Tensor:
-        """Return ``s * B @ A`` (per group) in the shape of the base weight.
+    def lowrank_delta(self, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Return ``s * B @ A`` (per group) in the shape of the base weight (``A``, ``B``
+        from ``params`` when given).
 
         Example
         -------
@@ -237,24 +238,54 @@ class LoRA(Adapter):
         >>> lora.lowrank_delta().shape
         torch.Size([6, 3, 3, 3])
         """
-        b = self.lora_B.flatten(1).unflatten(0, (self.groups, -1))
-        a = self._full_A().unflatten(0, (self.groups, -1))
+        lora_a = self.lora_A if params is None else params["lora_A"]
+        lora_b = self.lora_B if params is None else params["lora_B"]
+        b = lora_b.flatten(1).unflatten(0, (self.groups, -1))
+        a = self._expand_A(lora_a).unflatten(0, (self.groups, -1))
         return self.scaling * torch.einsum("gor,gri...->goi...", b, a).flatten(0, 1)
 
     def delta_weight(self) -> torch.Tensor:
         """The change to the base weight: the low-rank update."""
         return self.lowrank_delta()
 
-    def lowrank_branch(self, x: torch.Tensor) -> torch.Tensor:
-        """``s * B(A(x))``, shaped like the base layer's output."""
+    def lowrank_branch(
+        self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """``s * B(A(x))``, shaped like the base layer's output (``A``, ``B`` from
+        ``params`` when given: another adapter set's ``lora_A``, ``lora_B``)."""
+        lora_a = self.lora_A if params is None else params["lora_A"]
+        lora_b = self.lora_B if params is None else params["lora_B"]
         h = self._down_input(self.dropout(x))
         if isinstance(self.base_layer, LINEAR_TYPES):
-            update = F.linear(F.linear(h, self.lora_A), self.lora_B)
+            update = F.linear(F.linear(h, lora_a), lora_b)
         else:  # A shares the base geometry; B is pointwise, grouped like the base
-            conv = _CONVS[self.lora_B.dim() - 2]
-            a_out = self.base_layer._conv_forward(h, self.lora_A, None)
-            update = conv(a_out, self.lora_B, groups=self.groups)
+            conv = _CONVS[lora_b.dim() - 2]
+            a_out = self.base_layer._conv_forward(h, lora_a, None)
+            update = conv(a_out, lora_b, groups=self.groups)
         return self.scaling * update
+
+    def mixed_forward(
+        self, x: torch.Tensor, groups: list[tuple[torch.Tensor, dict[str, torch.Tensor] | None]]
+    ) -> torch.Tensor:
+        """One batch, one adapter set per group of samples (dim 0): the base output
+        once for all, plus each group's low-rank branch (``None``: the base alone).
+
+        Example
+        -------
+        >>> lora = LoRA(torch.nn.Linear(4, 3), rank=2)
+        >>> other = {"lora_A": torch.randn(2, 4), "lora_B": torch.randn(3, 2)}
+        >>> x = torch.randn(3, 4)
+        >>> out = lora.mixed_forward(x, [(torch.tensor([0, 2]), other), (torch.tensor([1]), None)])
+        >>> torch.allclose(out[1], lora.base_layer(x[1]))
+        True
+        """
+        if self.merged:
+            raise RuntimeError("Unmerge the adapters before running a mixed batch.")
+        out = self.base_layer(x)
+        for index, params in groups:
+            if params is not None:
+                out.index_add_(0, index, self.lowrank_branch(x[index], params).to(out.dtype))
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Base output plus the scaled low-rank branch; a frozen Linear without

@@ -215,13 +215,29 @@ class AdapterCheckpoints(nn.Module):
         }
         save_adapter_file(path, self.adapter_state_dict(), meta, self.base_state())
 
-    def load_adapter(self, path: str) -> None:
-        """Load a file written by ``save_adapter``; refuses another base model."""
+    def load_adapter(self, path: str, adapter_name: str | None = None) -> None:
+        """Load a file written by ``save_adapter``; refuses another base model.
+
+        With ``adapter_name``, the file becomes a named adapter set held beside the
+        active one (``set_adapter``, ``mixed_adapters``); without, it replaces the
+        active set's tensors.
+        """
         if not self.inserted:
             self.insert_adapters()
         expected = self.adapter_state_dict()
         tensors = load_adapter_file(path, self.base_state(), expected)
-        self.adapted_model.load_state_dict(tensors, strict=False)
+        if adapter_name is None or adapter_name == self.active_adapter:
+            self.adapted_model.load_state_dict(tensors, strict=False)
+            return
+        if adapter_name in self.adapter_names:
+            raise ValueError(
+                f"An adapter named {adapter_name!r} is loaded already: {self.adapter_names}."
+            )
+        device = {key: value.device for key, value in expected.items()}
+        self._bank[adapter_name] = {
+            **self._initial_state,
+            **{key: value.to(device[key]) for key, value in tensors.items()},
+        }
 
     @checkpoints.mark_as_saver
     def _save(self, path: str) -> None:
