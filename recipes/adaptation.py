@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import speechbrain as sb
@@ -321,6 +322,7 @@ def run_adaptation(
     valid_set,
     test_sets: dict,
     data_report: dict | None = None,
+    write_inference: Callable[[AdaptationBrain, dict[str, Any]], os.PathLike] | None = None,
 ) -> dict[str, Any]:
     """Evaluate before (when asked), train, evaluate after, save; return the summary.
 
@@ -341,6 +343,9 @@ def run_adaptation(
         Named test sets, evaluated before and after.
     data_report : dict, optional
         What the data preparation counted (e.g. characters the model cannot write).
+    write_inference : callable, optional
+        ``write_inference(brain, hparams)`` writes the run's inference folder (after
+        the adapter file) and returns its path: see :mod:`recipes.inference`.
 
     Returns
     -------
@@ -421,6 +426,8 @@ def run_adaptation(
             path = os.path.join(folder, "adapter.safetensors")
             adapted.save_adapter(path)
             summary["adapter_file_bytes"] = os.path.getsize(path)
+        if write_inference is not None:
+            summary["inference_folder"] = os.path.relpath(write_inference(brain, hparams), folder)
         write_json(os.path.join(folder, "summary.json"), summary)
     logger.info("Summary: %s", summary)
     return summary

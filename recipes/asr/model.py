@@ -61,3 +61,51 @@ class CTCModel(nn.Module):
         x = self.frontend(self.normalize(feats, lengths))
         encode = getattr(self.encoder, "encode", self.encoder)
         return self.head(encode(x, lengths))
+
+
+class WaveformCTC(nn.Module):
+    """Waveforms to CTC log-probabilities: what ``speechbrain.inference.ASR.EncoderASR``
+    calls as its ``encoder`` (``encoder(wavs, wav_lens)``).
+
+    Arguments
+    ---------
+    features : torch.nn.Module
+        Waveforms ``[batch, samples]`` to features, e.g. SpeechBrain's ``Fbank``.
+    model : torch.nn.Module
+        Called as ``model(feats, lengths)``: a ``CTCModel`` or an ``AdaptedModel`` of one.
+
+    Example
+    -------
+    >>> from speechbrain.lobes.features import Fbank
+    >>> net = WaveformCTC(Fbank(n_mels=20), lambda feats, lengths: feats[..., :5])
+    >>> net(torch.randn(2, 16000), torch.tensor([1.0, 0.5])).shape
+    torch.Size([2, 101, 5])
+    """
+
+    def __init__(self, features: nn.Module, model: nn.Module) -> None:
+        super().__init__()
+        self.features = features
+        self.model = model
+
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities ``[batch, frames, tokens]``."""
+        return torch.log_softmax(self.model(self.features(wavs), wav_lens), dim=-1)
+
+
+def ctc_text_encoder(tokens: str, blank_index: int = 0):
+    """SpeechBrain's ``CTCTextEncoder`` over a character inventory, blank at ``blank_index``.
+
+    Example
+    -------
+    >>> encoder = ctc_text_encoder(" AB")
+    >>> len(encoder), "".join(encoder.decode_ndim([2, 3, 1]))
+    (4, 'AB ')
+    """
+    from speechbrain.dataio.encoder import CTCTextEncoder
+
+    encoder = CTCTextEncoder()
+    encoder.insert_blank(index=blank_index)
+    for char in tokens:
+        encoder.add_label(char)
+    encoder.expect_len(len(encoder))
+    return encoder

@@ -37,8 +37,16 @@ from recipes.adaptation import (
     run_adaptation,
     setup_experiment,
 )
+from recipes.asr.model import ctc_text_encoder
 from recipes.audio import load_audio
 from recipes.common import load_manifest
+from recipes.inference import (
+    ROOT,
+    adapter_block,
+    pretrainer_block,
+    trained_files,
+    write_inference_folder,
+)
 from recipes.text_normalization import inventory_text
 
 logger = logging.getLogger(__name__)
@@ -76,11 +84,7 @@ class ASR(AdaptationBrain):
 
 def build_label_encoder(hparams):
     """The character inventory, blank first, fixed by ``hparams["tokens"]``."""
-    encoder = sb.dataio.encoder.CTCTextEncoder()
-    encoder.insert_blank(index=hparams["blank_index"])
-    for char in hparams["tokens"]:
-        encoder.add_label(char)
-    encoder.expect_len(len(encoder))
+    encoder = ctc_text_encoder(hparams["tokens"], hparams["blank_index"])
     if len(encoder) != hparams["output_neurons"]:
         raise ValueError(
             f"output_neurons is {hparams['output_neurons']} but the token inventory has "
@@ -135,6 +139,39 @@ def dataio_prepare(hparams, label_encoder):
     return train, valid, tests, report
 
 
+ARCHITECTURE = (
+    "sample_rate", "tokens", "blank_index", "output_neurons", "n_mels", "frontend_channels_1",
+    "frontend_channels_2", "d_model", "nhead", "num_encoder_layers", "d_ffn", "kernel_size",
+)  # fmt: skip
+
+
+def write_inference(brain: ASR, hparams) -> Path:
+    """``<output_folder>/inference``: ``EncoderASR.from_hparams`` with what this run trained."""
+    adapted = hparams.get("adapted_model")
+    values = {key: hparams[key] for key in ARCHITECTURE}
+    features = (
+        "encoder: !new:recipes.asr.model.WaveformCTC\n"
+        "    features: !new:speechbrain.lobes.features.Fbank\n"
+        "        n_mels: !ref <n_mels>\n"
+        f"    model: !ref <{'adapted_model' if adapted is not None else 'model'}>\n"
+        "modules:\n    encoder: !ref <encoder>\n"
+    )
+    if adapted is not None:
+        base = Path(hparams["base_checkpoint"]).resolve()
+        values["base_checkpoint"] = str(base)
+        tail = adapter_block(adapted, "model") + "    manual_adapter_insertion: True\n" + features
+        tail += pretrainer_block(
+            {"model": "model", "adapter": "adapted_model"}, {"model": base}, ["model"]
+        )
+    else:
+        tail = features + pretrainer_block({"model": "model"}, {}, ["model"])
+    template = ROOT / "hparams" / "inference" / "ctc.yaml"
+    return write_inference_folder(
+        Path(hparams["output_folder"]) / "inference", template, values, tail,
+        trained_files(brain, hparams),
+    )  # fmt: skip
+
+
 def main():
     hparams, run_opts = setup_experiment(sys.argv[1:])
     prepare_corpus_on_main(hparams)
@@ -167,8 +204,9 @@ def main():
     )
     asr.label_encoder = label_encoder
     run_adaptation(
-        asr, hparams, hparams["modules"]["model"], train_set, valid_set, test_sets, data_report
-    )
+        asr, hparams, hparams["modules"]["model"], train_set, valid_set, test_sets, data_report,
+        write_inference=write_inference,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

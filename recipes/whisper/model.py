@@ -66,6 +66,7 @@ class WindowedWhisper(Whisper):
         **kwargs,
     ) -> None:
         super().__init__(source, save_path, **kwargs)
+        self.source = str(source)
         self.full_frames = self.model.config.max_source_positions
         self.full_window_s = self._n_samples / self.sampling_rate
         for name, value in (("train_window_s", train_window_s), ("eval_window_s", eval_window_s)):

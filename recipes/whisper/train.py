@@ -40,6 +40,13 @@ from recipes.adaptation import (
 )
 from recipes.audio import load_audio
 from recipes.common import load_manifest
+from recipes.inference import (
+    ROOT,
+    adapter_block,
+    pretrainer_block,
+    trained_files,
+    write_inference_folder,
+)
 from recipes.text_normalization import normalized_words
 
 logger = logging.getLogger(__name__)
@@ -170,6 +177,31 @@ def prepare_data(hparams) -> dict[str, str]:
     return found
 
 
+def write_inference(brain: WhisperASR, hparams) -> Path:
+    """``<output_folder>/inference``: ``WhisperASR.from_hparams`` with what this run trained."""
+    whisper, adapted = hparams["whisper"], hparams.get("adapted_model")
+    values = {
+        "base_source": str(Path(whisper.source).resolve()),
+        "train_window_s": whisper.train_window_s,
+        "eval_window_s": whisper.eval_window_s,
+        "max_decode_ratio": hparams["valid_search"].max_decode_ratio,
+        "sample_rate": hparams["sample_rate"],
+    }
+    files = trained_files(brain, hparams)
+    if adapted is not None:
+        tail = adapter_block(adapted, "whisper") + (
+            "modules:\n    whisper: !ref <adapted_model>\n    decoder: !ref <decoder>\n"
+        )
+        tail += pretrainer_block({"adapter": "adapted_model"}, {}, [])
+    else:
+        tail = "modules:\n    whisper: !ref <whisper>\n    decoder: !ref <decoder>\n"
+        tail += pretrainer_block({"model": "whisper"}, {}, ["model"])
+    template = ROOT / "hparams" / "inference" / "whisper.yaml"
+    return write_inference_folder(
+        Path(hparams["output_folder"]) / "inference", template, values, tail, files
+    )
+
+
 def main():
     hparams, run_opts = setup_experiment(sys.argv[1:])
     real_sets = prepare_data(hparams)
@@ -188,7 +220,10 @@ def main():
     )
     brain.tokenizer = whisper.tokenizer
     summary_model = hparams.get("adapted_model", whisper)
-    run_adaptation(brain, hparams, summary_model, train_set, valid_set, test_sets)
+    run_adaptation(
+        brain, hparams, summary_model, train_set, valid_set, test_sets,
+        write_inference=write_inference,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

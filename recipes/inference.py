@@ -1,0 +1,153 @@
+"""The inference folder every run writes: a SpeechBrain ``from_hparams`` source.
+
+``<output_folder>/inference/`` holds ``hyperparams.yaml`` (the recipe's template
+under ``hparams/inference/``, filled in with the run's settings) and the trained
+tensors: ``adapter.ckpt`` (our adapter file: safetensors with the base's
+fingerprint) or ``model.ckpt`` (full fine-tuning). SpeechBrain's ``Pretrainer``
+reads them from the ``source`` folder itself, so the folder works from any working
+directory and after a move; the base model is named by its absolute path.
+
+    from speechbrain.inference.ASR import WhisperASR
+    asr = WhisperASR.from_hparams(source="results/whisper/lora/noisy/inference")
+
+Authors
+ * speech-adapters contributors 2026
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from hyperpyyaml import resolve_references
+
+ROOT = Path(__file__).resolve().parents[1]
+INTERFACES = {
+    "WhisperASR": "speechbrain.inference.ASR.WhisperASR",
+    "EncoderASR": "speechbrain.inference.ASR.EncoderASR",
+}
+
+
+def link_or_copy(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+    """Hard-link ``source`` to ``destination`` (copy across file systems), replacing it."""
+    destination = Path(destination)
+    destination.unlink(missing_ok=True)
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copyfile(source, destination)
+
+
+def _flow(value: Any) -> str:
+    """A YAML flow value (JSON is YAML)."""
+    return json.dumps(value)
+
+
+def adapter_block(adapted: torch.nn.Module, model_key: str) -> str:
+    """The ``adapted_model`` YAML block rebuilding exactly the layers ``adapted`` adapts.
+
+    Layer names become patterns (a name matches itself), so the inference model
+    adapts and unfreezes the same layers whatever flags the training YAML used.
+    """
+    cls = adapted.adapter_class
+    name = f"{getattr(cls, '__module__', '')}.{getattr(cls, '__qualname__', cls)}"
+    return (
+        "adapted_model: !new:adapters.AdaptedModel\n"
+        f"    model_to_adapt: !ref <{model_key}>\n"
+        f"    adapter_class: !name:{name}\n"
+        f"    target_layers: {_flow(list(adapted.adapted_layers))}\n"
+        f"    unfrozen_layers: {_flow(list(adapted.unfrozen_layers))}\n"
+        f"    adapter_kwargs: {_flow(adapted.adapter_kwargs)}\n"
+    )
+
+
+def write_inference_folder(
+    folder: str | os.PathLike,
+    template: str | os.PathLike,
+    values: dict[str, Any],
+    tail: str,
+    files: dict[str, str | os.PathLike],
+) -> Path:
+    """Write ``hyperparams.yaml`` (``template`` with ``values``, then ``tail``) and link
+    ``files`` (``{name in the folder: path}``) into ``folder``; return the folder.
+
+    Written under a temporary name and renamed: a crash leaves the old folder or none.
+    """
+    folder = Path(folder)
+    text = resolve_references(Path(template).read_text(), values).getvalue()
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "hyperparams.yaml").write_text(text + "\n" + tail)
+    for name, path in files.items():
+        link_or_copy(path, tmp / name)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
+
+
+def interface_class(folder: str | os.PathLike):
+    """The SpeechBrain inference class an inference folder declares (``interface:``)."""
+    import importlib
+
+    path = Path(folder) / "hyperparams.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{folder} is not an inference folder: it has no hyperparams.yaml. Give a run's "
+            "output folder (it holds inference/) or its inference/ folder."
+        )
+    for line in path.read_text().splitlines():
+        if line.startswith("interface:"):
+            module, _, cls = INTERFACES[line.split(":", 1)[1].strip()].rpartition(".")
+            return getattr(importlib.import_module(module), cls)
+    raise ValueError(f"{path} names no interface (interface: WhisperASR | EncoderASR).")
+
+
+def load_inference(
+    folder: str | os.PathLike, device: str = "cpu", overrides: dict | None = None, **kwargs: Any
+):
+    """``<interface>.from_hparams`` on an inference folder (or a run folder holding one)."""
+    folder = Path(folder)
+    if (folder / "inference" / "hyperparams.yaml").is_file():
+        folder = folder / "inference"
+    cls = interface_class(folder)
+    return cls.from_hparams(
+        source=str(folder.resolve()), overrides=overrides or {}, run_opts={"device": device},
+        **kwargs,
+    )  # fmt: skip
+
+
+def trained_files(brain: Any, hparams: dict[str, Any]) -> dict[str, Path]:
+    """What a finished run trained, by its name in the inference folder.
+
+    ``adapter.ckpt``: the run's adapter file. ``model.ckpt``: the exported base
+    (pretraining) or the best checkpoint's model (full fine-tuning), hard-linked.
+    """
+    folder = Path(hparams["output_folder"])
+    if hparams.get("adapted_model") is not None:
+        return {"adapter.ckpt": folder / "adapter.safetensors"}
+    if "export_base" in hparams:
+        return {"model.ckpt": Path(hparams["export_base"])}
+    best = brain.checkpointer.find_checkpoint(min_key="WER")
+    if best is None or "model" not in best.paramfiles:
+        raise FileNotFoundError(
+            f"No checkpoint with a model in {brain.checkpointer.checkpoints_dir}: the inference "
+            "folder needs the trained weights (was the run cut short?)."
+        )
+    return {"model.ckpt": Path(best.paramfiles["model"])}
+
+
+def pretrainer_block(loadables: dict[str, str], paths: dict[str, str], strict: list[str]) -> str:
+    """A ``Pretrainer`` YAML block; loadables without a path are read from the source folder."""
+    lines = ["pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer", "    loadables:"]
+    lines += [f"        {name}: !ref <{key}>" for name, key in loadables.items()]
+    if paths:
+        lines += ["    paths:", *(f"        {name}: {_flow(str(p))}" for name, p in paths.items())]
+    if strict:
+        lines += ["    custom_hooks:"]
+        lines += [f"        {name}: !name:recipes.common.strict_transfer" for name in strict]
+    return "\n".join(lines) + "\n"

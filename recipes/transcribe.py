@@ -1,0 +1,291 @@
+"""Transcribe audio with what a run trained: Whisper or the Conformer CTC, any adapter.
+
+    python -m recipes.transcribe results/whisper/lora/noisy speech.wav more/*.wav
+    python -m recipes.transcribe results/whisper/lora/noisy recordings/ --output out.csv
+    python -m recipes.transcribe results/whisper/lora/noisy speech.wav --adapter none
+    python -m recipes.transcribe adapter.safetensors speech.wav --base pretrained/whisper-tiny.en
+    python -m recipes.transcribe results/whisper/lora/noisy calls.csv \\
+        --adapter voices=results/whisper/lora/voices/adapter.safetensors --adapter_column adapter
+
+SOURCE is a run folder, its ``inference/`` folder, or an adapter file with ``--base``
+(a Whisper transformers folder, or a run/inference folder of the same base). AUDIO is
+files, folders (searched for audio files) or CSV manifests (``ID``, ``wav`` and, for a
+per-file adapter choice, the ``--adapter_column``). Audio goes through the recipes'
+loader (resampled, downmixed); recordings longer than ``--chunk_s`` are cut into
+chunks whose transcripts are joined. Text goes to stdout as ``ID<TAB>text``;
+``--output`` writes CSV or JSON lines. A file that cannot be transcribed (unreadable
+audio, an unknown adapter name) gets one line on stderr; the others are still
+transcribed, and the exit status is 1.
+
+Several ``--adapter NAME=PATH`` load adapter sets onto one base; a batch whose files
+chose different adapters runs as one mixed batch (``AdaptedModel.mixed_adapters``).
+``default`` names the source's own adapter, ``none`` the base model.
+
+Authors
+ * speech-adapters contributors 2026
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import logging
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from recipes.audio import AudioError, load_audio
+from recipes.inference import ROOT, adapter_block, load_inference, pretrainer_block
+
+logger = logging.getLogger(__name__)
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif"}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Item:
+    """One file to transcribe, its adapter choice, and what became of it."""
+
+    id: str
+    wav: str
+    adapter: str | None = None
+    text: str = ""
+    error: str = ""
+    seconds: float = 0.0
+    chunks: list[torch.Tensor] = field(default_factory=list, repr=False)
+
+
+def collect_items(audio: list[str], adapter_column: str) -> list[Item]:
+    """Files, folders (recursively) and CSV manifests, in the order given."""
+    items: list[Item] = []
+    for entry in audio:
+        path = Path(entry)
+        if path.suffix.lower() == ".csv" and path.is_file():
+            with open(path, encoding="utf-8-sig", newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            if rows and "wav" not in rows[0]:
+                raise ValueError(f"{path} has no 'wav' column: give one path per row in 'wav'.")
+            for number, row in enumerate(rows, start=2):
+                wav = row["wav"].replace("$data_root", str(path.parent))
+                wav = str(path.parent / wav) if not Path(wav).is_absolute() else wav
+                choice = (row.get(adapter_column) or "").strip() or None
+                items.append(Item(row.get("ID") or f"{path.stem}:{number}", wav, choice))
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+            items += [Item(str(p.relative_to(path).with_suffix("")), str(p)) for p in found]
+        else:
+            items.append(Item(path.stem, str(path)))
+    return items
+
+
+def _whisper_folder_for(adapter_file: Path, base: Path, folder: Path) -> Path:
+    """An inference folder for an adapter file on a Whisper transformers folder."""
+    from adapters import read_adapter_metadata
+    from recipes.inference import write_inference_folder
+
+    meta = read_adapter_metadata(adapter_file)
+
+    class _Spec:  # what adapter_block reads
+        adapter_class = type(meta["adapter_class"], (), {"__module__": meta["adapter_module"]})
+        adapted_layers = meta["adapted_layers"]
+        unfrozen_layers = meta["unfrozen_layers"]
+        adapter_kwargs = meta["adapter_kwargs"]
+
+    _Spec.adapter_class.__qualname__ = meta["adapter_class"]
+    tail = adapter_block(_Spec, "whisper")
+    tail += "modules:\n    whisper: !ref <adapted_model>\n    decoder: !ref <decoder>\n"
+    tail += pretrainer_block({"adapter": "adapted_model"}, {}, [])
+    template = ROOT / "hparams" / "inference" / "whisper.yaml"
+    values = {"base_source": str(base.resolve())}
+    return write_inference_folder(folder, template, values, tail, {"adapter.ckpt": adapter_file})
+
+
+def load_model(source: str, base: str | None, device: str, workdir: str):
+    """The SpeechBrain interface for SOURCE (see the module docstring)."""
+    path = Path(source)
+    if path.is_file():
+        if base is None:
+            raise ValueError(
+                f"{source} is an adapter file: name the base it was trained on with --base (a "
+                "Whisper transformers folder, or a run folder of a run on that base)."
+            )
+        if (Path(base) / "config.json").is_file():
+            folder = _whisper_folder_for(path, Path(base), Path(workdir) / "inference")
+            return load_inference(folder, device), None
+        asr = load_inference(base, device)
+        return asr, path
+    if not path.is_dir():
+        raise FileNotFoundError(f"{source} is neither a run folder nor an adapter file.")
+    return load_inference(path, device), None
+
+
+def adapted_model_of(asr) -> torch.nn.Module | None:
+    """The ``AdaptedModel`` inside a loaded interface, if the model has adapters."""
+    from adapters import AdaptedModel
+
+    return next((m for m in asr.mods.modules() if isinstance(m, AdaptedModel)), None)
+
+
+def _load_audio(item: Item, sample_rate: int, chunk_s: float) -> None:
+    signal = load_audio(item.wav, sample_rate)
+    item.seconds = signal.numel() / sample_rate
+    step = int(chunk_s * sample_rate)
+    item.chunks = list(signal.split(step)) if signal.numel() > step else [signal]
+
+
+def transcribe(asr, items: list[Item], batch_size: int, precision: str, chunk_s: float) -> None:
+    """Fill in ``text`` (or ``error``) of every item, in batches of chunks."""
+    from tqdm import tqdm
+
+    adapted = adapted_model_of(asr)
+    rate = asr.hparams.sample_rate
+    for item in items:
+        try:
+            _load_audio(item, rate, chunk_s)
+        except (AudioError, OSError, RuntimeError) as err:
+            item.error = f"unreadable audio: {err}"
+    chunks = [(item, i) for item in items if not item.error for i in range(len(item.chunks))]
+    dtype = PRECISIONS[precision]
+    pieces: dict[tuple[int, int], str] = {}
+    batches = [chunks[i : i + batch_size] for i in range(0, len(chunks), batch_size)]
+    for batch in tqdm(batches, desc="transcribing", disable=len(batches) < 4 or None):
+        wavs = [item.chunks[i] for item, i in batch]
+        lengths = torch.tensor([w.numel() for w in wavs], dtype=torch.float)
+        padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
+        names = [item.adapter for item, _ in batch]
+        mixing = adapted is not None and len(set(names)) > 1
+        context = adapted.mixed_adapters(names) if mixing else contextlib.nullcontext()
+        if adapted is not None and not mixing:
+            _activate(adapted, names[0])
+        autocast = torch.autocast(asr.device_type, dtype=dtype, enabled=dtype is not None)
+        with torch.no_grad(), context, autocast:
+            texts, _ = asr.transcribe_batch(padded, lengths / lengths.max())
+        for (item, i), text in zip(batch, texts, strict=True):
+            pieces[id(item), i] = text if isinstance(text, str) else " ".join(text)
+    for item in items:
+        if not item.error:
+            parts = [pieces[id(item), i].strip() for i in range(len(item.chunks))]
+            item.text = " ".join(p for p in parts if p)
+        item.chunks = []
+
+
+def _activate(adapted, name: str | None) -> None:
+    if name is None:
+        adapted.disable_adapters()
+    else:
+        adapted.set_adapter(name)
+
+
+def write_output(items: list[Item], path: str) -> None:
+    """CSV or JSON lines, by the file's suffix."""
+    rows = [
+        {"ID": it.id, "wav": it.wav, "adapter": it.adapter or "none", "text": it.text,
+         "seconds": round(it.seconds, 3), "error": it.error}
+        for it in items
+    ]  # fmt: skip
+    if path.endswith(".jsonl"):
+        Path(path).write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["ID"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m recipes.transcribe",
+        description="Transcribe audio with a run's model (its adapters, or none).",
+    )
+    parser.add_argument("source", help="run folder, inference folder, or adapter file (--base)")
+    parser.add_argument("audio", nargs="+", help="audio files, folders or CSV manifests")
+    parser.add_argument("--base", help="the base for an adapter file given as SOURCE")
+    parser.add_argument(
+        "--adapter", action="append", default=[], metavar="NAME=PATH|none",
+        help="load an adapter set by name (repeatable); 'none' transcribes with the base model",
+    )  # fmt: skip
+    parser.add_argument("--adapter_column", default="adapter", help="manifest column: adapter")
+    parser.add_argument("--output", help="write results to a .csv or .jsonl file")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
+    parser.add_argument(
+        "--chunk_s", type=float, default=None,
+        help="audio longer than this is cut into chunks (default: Whisper's window, or 30 s)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.output and not args.output.endswith((".csv", ".jsonl")):
+        parser.error("--output must end in .csv or .jsonl")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    with tempfile.TemporaryDirectory() as workdir:
+        try:
+            asr, own_file = load_model(args.source, args.base, args.device, workdir)
+            adapted = adapted_model_of(asr)
+            failed: list[str] = []
+            default = _prepare_adapters(adapted, args.adapter, own_file, failed)
+            items = collect_items(args.audio, args.adapter_column)
+        except (ValueError, FileNotFoundError, KeyError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        known = set(adapted.adapter_names) if adapted is not None else set()
+        for item in items:
+            item.adapter = default if item.adapter is None else item.adapter
+            item.adapter = None if item.adapter == "none" else item.adapter
+            if item.adapter is not None and item.adapter not in known:
+                loaded = ", ".join(sorted(known)) or "none (the model has no adapters)"
+                item.error = f"adapter {item.adapter!r} is not loaded (loaded: {loaded})"
+        window = getattr(asr.hparams, "eval_window_s", 30.0)
+        chunk_s = min(args.chunk_s, window) if args.chunk_s else window
+        transcribe(asr, items, args.batch_size, args.precision, chunk_s)
+    for item in items:
+        if item.error:
+            print(f"error: {item.id} ({item.wav}): {item.error}", file=sys.stderr)
+        else:
+            print(f"{item.id}\t{item.text}")
+    if args.output:
+        write_output(items, args.output)
+    return 1 if failed or any(item.error for item in items) else 0
+
+
+def _prepare_adapters(
+    adapted, specs: list[str], own_file: Path | None, failed: list[str]
+) -> str | None:
+    """Load the ``--adapter NAME=PATH`` sets (names that fail to load go to ``failed``);
+    return the adapter that files use by default."""
+    if own_file is not None:
+        if adapted is None:
+            raise ValueError("--base names a model without adapters: give an adapted run's folder.")
+        adapted.load_adapter(str(own_file))
+    default: str | None = "default" if adapted is not None else None
+    for spec in specs:
+        if spec == "none":
+            default = None
+            continue
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--adapter {spec!r}: write NAME=PATH (or none).")
+        if adapted is None:
+            raise ValueError(
+                f"--adapter {name}: this model has no adapters to switch (a full fine-tuning or "
+                "pretraining run); transcribe with an adapted run's folder."
+            )
+        try:
+            adapted.load_adapter(path, adapter_name=name)
+        except (ValueError, OSError) as err:  # the files that chose it are reported as such
+            print(f"error: --adapter {name}={path}: {err}", file=sys.stderr)
+            failed.append(name)
+    return default
+
+
+if __name__ == "__main__":
+    sys.exit(main())
