@@ -164,33 +164,39 @@ class AdapterCheckpoints(nn.Module):
         ...        .adapter_state_dict())  # doctest: +NORMALIZE_WHITESPACE
         ['0.lora_A', '0.lora_B', '1.num_batches_tracked', '1.running_mean', '1.running_var']
         """
-        adapted = [(name, f"{name}.base_layer") for name in self.adapters()]
+        state = self.adapted_model.state_dict(keep_vars=True)
+        return {key: state[key].detach() for key in self._trained_keys(state)}
+
+    def _trained_keys(self, state: dict[str, torch.Tensor]) -> list[str]:
+        """Keys of ``state`` that training changes, by the model's structure (so freezing
+        everything for inference, as SpeechBrain's interfaces do, changes nothing here)."""
+        paths = self._adapter_paths().values() if self.inserted else []
+        adapted = [(path, f"{path}.base_layer") for path in paths]
         norms = {
             name
             for name, module in self.adapted_model.named_modules()
             if isinstance(module, nn.modules.batchnorm._NormBase)
         }
 
-        def trained_buffer(owner: str) -> bool:
-            return (
-                owner in norms
-                or any(within(owner, u) for u in self.unfrozen_layers)
-                or any(within(owner, a) and not within(owner, b) for a, b in adapted)
-            )
+        def trained(key: str, value: torch.Tensor) -> bool:
+            owner = key.rpartition(".")[0]
+            in_adapter = any(within(owner, a) and not within(owner, b) for a, b in adapted)
+            in_unfrozen = any(within(owner, u) for u in self.unfrozen_layers)
+            if isinstance(value, nn.Parameter):
+                return value.requires_grad or in_adapter or in_unfrozen
+            return owner in norms or in_adapter or in_unfrozen
 
-        state = {}
-        for key, value in self.adapted_model.state_dict(keep_vars=True).items():
-            keep = value.requires_grad if isinstance(value, nn.Parameter) else None
-            if keep if keep is not None else trained_buffer(key.rpartition(".")[0]):
-                state[key] = value.detach()
-        return state
+        return [key for key, value in state.items() if trained(key, value)]
 
     def base_state(self) -> dict[str, torch.Tensor]:
         """The frozen pretrained tensors, under their names in the plain model."""
-        state = {}
-        for key, value in self.adapted_model.state_dict(keep_vars=True).items():
-            if isinstance(value, nn.Parameter) and not value.requires_grad:
-                state[key.replace("base_layer.", "")] = value.detach()
+        state = self.adapted_model.state_dict(keep_vars=True)
+        trained = set(self._trained_keys(state))
+        base = {}
+        for key, value in state.items():
+            if isinstance(value, nn.Parameter) and key not in trained:
+                base[key.replace("base_layer.", "")] = value.detach()
+        state = base
         for name, adapter in self.adapters().items():  # merged weights: the original
             merged = isinstance(adapter, Adapter) and adapter.merged
             original = adapter._unmerged_weight if merged else self._foreign_backup.get(name)

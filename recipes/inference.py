@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from hyperpyyaml import resolve_references
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERFACES = {
@@ -65,6 +65,26 @@ def adapter_block(adapted: torch.nn.Module, model_key: str) -> str:
     )
 
 
+def fill_template(text: str, values: dict[str, Any]) -> str:
+    r"""Set top-level keys of a HyperPyYAML text, keeping its references (so that
+    ``from_hparams(..., overrides=...)`` still reaches every use of a key).
+
+    Example
+    -------
+    >>> print(fill_template("rate: 1\nmodel: !ref <rate>\n", {"rate": 8000}))
+    rate: 8000
+    model: !ref <rate>
+    <BLANKLINE>
+    """
+    for key, value in values.items():
+        line = f"{key}: {_flow(value)}"
+        pattern = rf"^{re.escape(key)}:[^\n]*$"
+        text, count = re.subn(pattern, lambda _, line=line: line, text, flags=re.MULTILINE)
+        if count != 1:
+            raise KeyError(f"The template defines {key!r} {count} times (one expected).")
+    return text
+
+
 def write_inference_folder(
     folder: str | os.PathLike,
     template: str | os.PathLike,
@@ -78,7 +98,7 @@ def write_inference_folder(
     Written under a temporary name and renamed: a crash leaves the old folder or none.
     """
     folder = Path(folder)
-    text = resolve_references(Path(template).read_text(), values).getvalue()
+    text = fill_template(Path(template).read_text(), values)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

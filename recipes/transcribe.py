@@ -105,9 +105,12 @@ def _whisper_folder_for(adapter_file: Path, base: Path, folder: Path) -> Path:
     return write_inference_folder(folder, template, values, tail, {"adapter.ckpt": adapter_file})
 
 
-def load_model(source: str, base: str | None, device: str, workdir: str):
+def load_model(
+    source: str, base: str | None, device: str, workdir: str, window_s: float | None = None
+):
     """The SpeechBrain interface for SOURCE (see the module docstring)."""
     path = Path(source)
+    overrides = {} if window_s is None else {"eval_window_s": window_s}
     if path.is_file():
         if base is None:
             raise ValueError(
@@ -116,12 +119,11 @@ def load_model(source: str, base: str | None, device: str, workdir: str):
             )
         if (Path(base) / "config.json").is_file():
             folder = _whisper_folder_for(path, Path(base), Path(workdir) / "inference")
-            return load_inference(folder, device), None
-        asr = load_inference(base, device)
-        return asr, path
+            return load_inference(folder, device, overrides), None
+        return load_inference(base, device, overrides), path
     if not path.is_dir():
         raise FileNotFoundError(f"{source} is neither a run folder nor an adapter file.")
-    return load_inference(path, device), None
+    return load_inference(path, device, overrides), None
 
 
 def adapted_model_of(asr) -> torch.nn.Module | None:
@@ -215,6 +217,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
     parser.add_argument(
+        "--window_s", type=float, default=None,
+        help="Whisper: seconds of audio the encoder sees (default: the run's, or 30)",
+    )  # fmt: skip
+    parser.add_argument(
         "--chunk_s", type=float, default=None,
         help="audio longer than this is cut into chunks (default: Whisper's window, or 30 s)",
     )  # fmt: skip
@@ -229,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     with tempfile.TemporaryDirectory() as workdir:
         try:
-            asr, own_file = load_model(args.source, args.base, args.device, workdir)
+            asr, own_file = load_model(args.source, args.base, args.device, workdir, args.window_s)
             adapted = adapted_model_of(asr)
             failed: list[str] = []
             default = _prepare_adapters(adapted, args.adapter, own_file, failed)

@@ -157,3 +157,23 @@ def _randomise(model: AdaptedModel, seed: int) -> None:
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.copy_(0.05 * torch.randn(param.shape, generator=generator))
+
+
+def test_freezing_everything_for_inference_keeps_what_the_sets_hold(tmp_path):
+    """SpeechBrain's interfaces set requires_grad False on every parameter: saving,
+    loading by name, switching and mixing must not depend on it."""
+    model = _build(LoRA, {"rank": 2})
+    _train_a_little(model, 1)
+    trained, base = model.adapter_state_dict(), model.base_state()
+    model.save_adapter(tmp_path / "a.safetensors")
+    model.requires_grad_(False)
+    assert model.adapter_state_dict().keys() == trained.keys()
+    assert model.base_state().keys() == base.keys()
+    model.load_adapter(str(tmp_path / "a.safetensors"), adapter_name="a")  # fingerprint holds
+    x = torch.randn(2, 5, 6)
+    with torch.no_grad():
+        before = model.eval()(x)
+        model.set_adapter("a")
+        model.set_adapter("default")  # the switch kept the default set's tensors
+        assert torch.equal(model(x), before)
+        assert torch.allclose(model(x, adapter_names=["a", "default"]), before, atol=1e-6)

@@ -196,3 +196,107 @@ def test_kill_9_mid_training_then_rerun_ends_with_the_same_figures(runs, tmp_pat
         (tmp_path / n / "adapter.safetensors").read_bytes() for n in ("reference", "killed")
     ]
     assert adapters[0] == adapters[1]
+
+
+# ----------------------------------------------------------------- using what a run trained
+FROM_HPARAMS = """
+import json, sys, torch
+from speechbrain.inference.ASR import WhisperASR
+from recipes.audio import load_audio
+asr = WhisperASR.from_hparams(source=sys.argv[1])
+wav = load_audio(sys.argv[2], 16000)[None]
+with torch.no_grad():
+    enc = asr.encode_batch(wav, torch.ones(1))
+    text = asr.transcribe_batch(wav, torch.ones(1))[0][0]
+    file_text = asr.transcribe_file(sys.argv[2])[0].words
+    asr.mods.whisper.disable_adapters() if hasattr(asr.mods.whisper, "disable_adapters") else None
+    base = asr.encode_batch(wav, torch.ones(1))
+print("RESULT", json.dumps({"text": text, "file_text": file_text, "diff": float((enc - base).abs().max())}))
+"""
+
+
+def _test_wavs(runs, count: int) -> list[str]:
+    corpus = runs["tmp"] / "corpus"
+    lines = (corpus / "noisy_test.csv").read_text().splitlines()[1 : count + 1]
+    return [line.split(",")[2].replace("$data_root", str(corpus)) for line in lines]
+
+
+def _transcribe(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "recipes.transcribe", *args], cwd=cwd, capture_output=True,
+        text=True, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert (result.returncode == 0) == ok, result.stdout + result.stderr[-3000:]
+    return result
+
+
+def _texts(result: subprocess.CompletedProcess) -> dict[str, str]:
+    return dict(line.split("\t", 1) for line in result.stdout.splitlines() if "\t" in line)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_inference_folder_works_from_anywhere_after_a_move(runs, tmp_path, method):
+    """WhisperASR.from_hparams on <run>/inference, copied elsewhere, run from another
+    directory: it transcribes with the trained weights (the adapter switches off)."""
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(runs["tmp"] / method, moved)
+    wav = _test_wavs(runs, 1)[0]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = run("-c", FROM_HPARAMS, str(moved / "inference"), wav, cwd=elsewhere)
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    result = json.loads(line[len("RESULT ") :])
+    assert result["text"] == result["file_text"]
+    assert result["diff"] > 1e-4 if method == "lora" else result["diff"] == 0.0
+    assert list(elsewhere.iterdir()) == []  # nothing written where it ran
+    if method == "lora":
+        command = _transcribe(str(moved), wav, cwd=elsewhere)
+        assert list(_texts(command).values()) == [result["text"]]
+
+
+def test_transcribe_mixed_adapters_and_errors_per_file(runs, tmp_path):
+    """A manifest choosing an adapter per file runs as mixed batches, each transcript
+    equal to the one-adapter run's; an adapter file with its base folder transcribes as
+    the run folder does; unreadable audio, an unknown adapter name and an adapter of
+    another base get one line each while the other files are transcribed."""
+    from adapters import AdaptedModel, LoRA
+    from recipes.whisper.model import WindowedWhisper
+
+    lora = runs["tmp"] / "lora"
+    wavs = _test_wavs(runs, 4)
+    stems = [Path(w).stem for w in wavs]
+    adapted = _texts(_transcribe(str(lora), *wavs, cwd=tmp_path))
+    base = _texts(_transcribe(str(lora), *wavs, "--adapter", "none", cwd=tmp_path))
+    assert list(adapted) == list(base) == stems
+
+    (tmp_path / "broken.wav").write_text("not audio")
+    rows = [("a", wavs[0], "default"), ("b", wavs[1], "none"), ("c", wavs[2], "copy"),
+            ("d", wavs[3], "none"), ("e", str(tmp_path / "broken.wav"), ""),
+            ("f", wavs[0], "telephone")]  # fmt: skip
+    manifest = tmp_path / "calls.csv"
+    manifest.write_text("ID,wav,adapter\n" + "".join(f"{i},{w},{a}\n" for i, w, a in rows))
+    mixed = _transcribe(
+        str(lora), str(manifest), "--adapter", f"copy={lora / 'adapter.safetensors'}",
+        "--output", str(tmp_path / "out.jsonl"), cwd=tmp_path, ok=False,
+    )  # fmt: skip
+    texts = _texts(mixed)
+    assert set(texts) == {"a", "b", "c", "d"}
+    assert texts["a"] == adapted[stems[0]] and texts["c"] == adapted[stems[2]]
+    assert texts["b"] == base[stems[1]] and texts["d"] == base[stems[3]]
+    assert "error: e (" in mixed.stderr and "unreadable audio" in mixed.stderr
+    assert "error: f (" in mixed.stderr and "'telephone' is not loaded" in mixed.stderr
+    written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["ID"] for r in written] == list("abcdef") and written[4]["error"]
+
+    other = WindowedWhisper(save_random_whisper(tmp_path / "other", seed=7), str(tmp_path / "c"))
+    AdaptedModel(other, LoRA, all_linear=True, adapter_kwargs={"rank": 4}).save_adapter(
+        str(tmp_path / "other.safetensors")
+    )
+    own = _transcribe(
+        str(lora / "adapter.safetensors"), wavs[0], "--base", runs["source"], "--window_s", "2",
+        "--adapter", f"x={tmp_path / 'other.safetensors'}", cwd=tmp_path, ok=False,
+    )  # fmt: skip
+    assert "error: --adapter x=" in own.stderr and "other weights" in own.stderr
+    assert _texts(own) == {stems[0]: adapted[stems[0]]}  # still transcribed, with the adapter

