@@ -122,7 +122,8 @@ def interface_class(folder: str | os.PathLike):
         )
     for line in path.read_text().splitlines():
         if line.startswith("interface:"):
-            module, _, cls = INTERFACES[line.split(":", 1)[1].strip()].rpartition(".")
+            name = line.split(":", 1)[1].split("#")[0].strip().strip("\"'")
+            module, _, cls = INTERFACES[name].rpartition(".")
             return getattr(importlib.import_module(module), cls)
     raise ValueError(f"{path} names no interface (interface: WhisperASR | EncoderASR).")
 
@@ -171,3 +172,50 @@ def pretrainer_block(loadables: dict[str, str], paths: dict[str, str], strict: l
         lines += ["    custom_hooks:"]
         lines += [f"        {name}: !name:recipes.common.strict_transfer" for name in strict]
     return "\n".join(lines) + "\n"
+
+
+def whisper_inference_folder(
+    folder: str | os.PathLike,
+    values: dict[str, Any],
+    adapted: torch.nn.Module | None,
+    files: dict[str, str | os.PathLike],
+) -> Path:
+    """A ``WhisperASR`` inference folder: the base (``values["base_source"]``) with
+    ``adapter.ckpt`` (``adapted`` given) or with the full weights in ``model.ckpt``."""
+    if adapted is not None:
+        tail = adapter_block(adapted, "whisper")
+        tail += "modules:\n    whisper: !ref <adapted_model>\n    decoder: !ref <decoder>\n"
+        tail += pretrainer_block({"adapter": "adapted_model"}, {}, [])
+    else:
+        tail = "modules:\n    whisper: !ref <whisper>\n    decoder: !ref <decoder>\n"
+        tail += pretrainer_block({"model": "whisper"}, {}, ["model"])
+    template = ROOT / "hparams" / "inference" / "whisper.yaml"
+    return write_inference_folder(folder, template, values, tail, files)
+
+
+def ctc_inference_folder(
+    folder: str | os.PathLike,
+    values: dict[str, Any],
+    adapted: torch.nn.Module | None,
+    files: dict[str, str | os.PathLike],
+) -> Path:
+    """An ``EncoderASR`` inference folder: the base (``values["base_checkpoint"]``) with
+    ``adapter.ckpt`` (``adapted`` given) or the full weights in ``model.ckpt``."""
+    features = (
+        "encoder: !new:recipes.asr.model.WaveformCTC\n"
+        "    features: !new:speechbrain.lobes.features.Fbank\n"
+        "        n_mels: !ref <n_mels>\n"
+        f"    model: !ref <{'adapted_model' if adapted is not None else 'model'}>\n"
+        "modules:\n    encoder: !ref <encoder>\n"
+    )
+    if adapted is not None:
+        tail = adapter_block(adapted, "model") + "    manual_adapter_insertion: True\n" + features
+        tail += pretrainer_block(
+            {"model": "model", "adapter": "adapted_model"},
+            {"model": values["base_checkpoint"]},
+            ["model"],
+        )
+    else:
+        tail = features + pretrainer_block({"model": "model"}, {}, ["model"])
+    template = ROOT / "hparams" / "inference" / "ctc.yaml"
+    return write_inference_folder(folder, template, values, tail, files)

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from recipes.audio import AudioError, load_audio
-from recipes.inference import ROOT, adapter_block, load_inference, pretrainer_block
+from recipes.inference import load_inference, whisper_inference_folder
 
 logger = logging.getLogger(__name__)
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif"}
@@ -86,7 +86,6 @@ def collect_items(audio: list[str], adapter_column: str) -> list[Item]:
 def _whisper_folder_for(adapter_file: Path, base: Path, folder: Path) -> Path:
     """An inference folder for an adapter file on a Whisper transformers folder."""
     from adapters import read_adapter_metadata
-    from recipes.inference import write_inference_folder
 
     meta = read_adapter_metadata(adapter_file)
 
@@ -97,12 +96,8 @@ def _whisper_folder_for(adapter_file: Path, base: Path, folder: Path) -> Path:
         adapter_kwargs = meta["adapter_kwargs"]
 
     _Spec.adapter_class.__qualname__ = meta["adapter_class"]
-    tail = adapter_block(_Spec, "whisper")
-    tail += "modules:\n    whisper: !ref <adapted_model>\n    decoder: !ref <decoder>\n"
-    tail += pretrainer_block({"adapter": "adapted_model"}, {}, [])
-    template = ROOT / "hparams" / "inference" / "whisper.yaml"
     values = {"base_source": str(base.resolve())}
-    return write_inference_folder(folder, template, values, tail, {"adapter.ckpt": adapter_file})
+    return whisper_inference_folder(folder, values, _Spec, {"adapter.ckpt": adapter_file})
 
 
 def load_model(

@@ -200,3 +200,37 @@ def test_only_adapter_parameters_changed(runs):
     assert frozen and all(torch.equal(frozen[k], base[k]) for k in frozen)
     # every base parameter is compared, except the trained head
     assert set(base) - set(frozen) - buffers == {k for k in base if k.startswith("head.")}
+
+
+def test_inference_folders_and_the_merged_export_agree(runs, tmp_path):
+    """EncoderASR.from_hparams on each run's inference folder: the LoRA model with its
+    adapter switched off is the pretrained base; the merged SpeechBrain export (no
+    adapters) gives the adapted model's outputs; the full run's folder loads too."""
+    from speechbrain.inference.ASR import EncoderASR
+
+    from adapters import AdaptedModel
+    from recipes.audio import load_audio
+    from recipes.export import export
+
+    corpus = runs["corpus"]
+    line = (corpus / "noisy_test.csv").read_text().splitlines()[1]
+    wav = load_audio(line.split(",")[2].replace("$data_root", str(corpus)), 16000)[None]
+    ones = torch.ones(1)
+
+    def encode(folder):
+        asr = EncoderASR.from_hparams(source=str(folder))
+        with torch.no_grad():
+            return asr, asr.encode_batch(wav, ones)
+
+    lora_asr, adapted = encode(runs["tmp"] / "lora" / "inference")
+    merged_asr, merged = encode(export(runs["tmp"] / "lora", "speechbrain", tmp_path / "sb"))
+    _, base = encode(runs["pre"] / "inference")
+    _, full = encode(runs["tmp"] / "full" / "inference")
+    assert not any(isinstance(m, AdaptedModel) for m in merged_asr.mods.modules())
+    assert torch.allclose(merged, adapted, atol=1e-4)
+    assert (adapted - base).abs().max() > 1e-3 and (full - base).abs().max() > 1e-3
+    lora_asr.mods.encoder.model.disable_adapters()
+    with torch.no_grad():
+        assert torch.allclose(lora_asr.encode_batch(wav, ones), base, atol=1e-5)
+    text = lora_asr.transcribe_file(line.split(",")[2].replace("$data_root", str(corpus)))
+    assert isinstance(text, str)

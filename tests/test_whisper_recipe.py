@@ -300,3 +300,34 @@ def test_transcribe_mixed_adapters_and_errors_per_file(runs, tmp_path):
     )  # fmt: skip
     assert "error: --adapter x=" in own.stderr and "other weights" in own.stderr
     assert _texts(own) == {stems[0]: adapted[stems[0]]}  # still transcribed, with the adapter
+
+
+def test_export_command_writes_each_format_of_a_whisper_run(runs, tmp_path):
+    """--to speechbrain: a merged folder with the adapted outputs and no adapters;
+    --to transformers and --to peft: their files; a full run has no PEFT adapter."""
+    from speechbrain.inference.ASR import WhisperASR
+
+    from adapters import AdaptedModel
+    from recipes.audio import load_audio
+    from recipes.export import export
+
+    lora = runs["tmp"] / "lora"
+    wav = load_audio(_test_wavs(runs, 1)[0], 16000)[None]
+    encoded = {}
+    for name, folder in (
+        ("adapted", lora / "inference"),
+        ("merged", export(lora, "speechbrain", tmp_path / "sb")),
+    ):
+        asr = WhisperASR.from_hparams(source=str(folder))
+        with torch.no_grad():
+            encoded[name] = asr.encode_batch(wav, torch.ones(1))
+    assert not any(isinstance(m, AdaptedModel) for m in asr.mods.modules())
+    assert torch.allclose(encoded["merged"], encoded["adapted"], atol=1e-4)
+    hf = export(lora, "transformers", tmp_path / "hf")
+    assert {"config.json", "generation_config.json", "tokenizer.json"} <= {
+        p.name for p in hf.iterdir()
+    }
+    peft = export(lora, "peft", tmp_path / "peft")
+    assert json.loads((peft / "adapter_config.json").read_text())["r"] == 4
+    with pytest.raises(ValueError, match="full fine-tuning run"):
+        export(runs["tmp"] / "full", "peft", tmp_path / "no")

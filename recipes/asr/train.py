@@ -40,13 +40,7 @@ from recipes.adaptation import (
 from recipes.asr.model import ctc_text_encoder
 from recipes.audio import load_audio
 from recipes.common import load_manifest
-from recipes.inference import (
-    ROOT,
-    adapter_block,
-    pretrainer_block,
-    trained_files,
-    write_inference_folder,
-)
+from recipes.inference import ctc_inference_folder, trained_files
 from recipes.text_normalization import inventory_text
 
 logger = logging.getLogger(__name__)
@@ -149,27 +143,10 @@ def write_inference(brain: ASR, hparams) -> Path:
     """``<output_folder>/inference``: ``EncoderASR.from_hparams`` with what this run trained."""
     adapted = hparams.get("adapted_model")
     values = {key: hparams[key] for key in ARCHITECTURE}
-    features = (
-        "encoder: !new:recipes.asr.model.WaveformCTC\n"
-        "    features: !new:speechbrain.lobes.features.Fbank\n"
-        "        n_mels: !ref <n_mels>\n"
-        f"    model: !ref <{'adapted_model' if adapted is not None else 'model'}>\n"
-        "modules:\n    encoder: !ref <encoder>\n"
-    )
     if adapted is not None:
-        base = Path(hparams["base_checkpoint"]).resolve()
-        values["base_checkpoint"] = str(base)
-        tail = adapter_block(adapted, "model") + "    manual_adapter_insertion: True\n" + features
-        tail += pretrainer_block(
-            {"model": "model", "adapter": "adapted_model"}, {"model": base}, ["model"]
-        )
-    else:
-        tail = features + pretrainer_block({"model": "model"}, {}, ["model"])
-    template = ROOT / "hparams" / "inference" / "ctc.yaml"
-    return write_inference_folder(
-        Path(hparams["output_folder"]) / "inference", template, values, tail,
-        trained_files(brain, hparams),
-    )  # fmt: skip
+        values["base_checkpoint"] = str(Path(hparams["base_checkpoint"]).resolve())
+    folder = Path(hparams["output_folder"]) / "inference"
+    return ctc_inference_folder(folder, values, adapted, trained_files(brain, hparams))
 
 
 def main():

@@ -40,13 +40,7 @@ from recipes.adaptation import (
 )
 from recipes.audio import load_audio
 from recipes.common import load_manifest
-from recipes.inference import (
-    ROOT,
-    adapter_block,
-    pretrainer_block,
-    trained_files,
-    write_inference_folder,
-)
+from recipes.inference import trained_files, whisper_inference_folder
 from recipes.text_normalization import normalized_words
 
 logger = logging.getLogger(__name__)
@@ -187,19 +181,8 @@ def write_inference(brain: WhisperASR, hparams) -> Path:
         "max_decode_ratio": hparams["valid_search"].max_decode_ratio,
         "sample_rate": hparams["sample_rate"],
     }
-    files = trained_files(brain, hparams)
-    if adapted is not None:
-        tail = adapter_block(adapted, "whisper") + (
-            "modules:\n    whisper: !ref <adapted_model>\n    decoder: !ref <decoder>\n"
-        )
-        tail += pretrainer_block({"adapter": "adapted_model"}, {}, [])
-    else:
-        tail = "modules:\n    whisper: !ref <whisper>\n    decoder: !ref <decoder>\n"
-        tail += pretrainer_block({"model": "whisper"}, {}, ["model"])
-    template = ROOT / "hparams" / "inference" / "whisper.yaml"
-    return write_inference_folder(
-        Path(hparams["output_folder"]) / "inference", template, values, tail, files
-    )
+    folder = Path(hparams["output_folder"]) / "inference"
+    return whisper_inference_folder(folder, values, adapted, trained_files(brain, hparams))
 
 
 def main():
