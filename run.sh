@@ -58,6 +58,29 @@ train() {
     "$PY" "$script" "$yaml" "${args[@]}"
 }
 
+# A few real recordings transcribed by the base and by the LoRA adapter, side by side.
+compare_on_real_speech() {
+    local target=noisy prev=""
+    for arg in "$@"; do
+        case "$arg" in --target=*) target=${arg#--target=} ;; esac
+        [ "$prev" = --target ] && target=$arg
+        prev=$arg
+    done
+    local corpus=data/corpus sample=data/corpus/real_sample.csv
+    if [ ! -f "$corpus/real_asterisk.csv" ] && [ ! -f "$corpus/real_librivox.csv" ]; then
+        echo "[main] no real recordings on this machine: skipping the side-by-side transcripts"
+        return
+    fi
+    {
+        echo "ID,duration,wav,spk_id,wrd"
+        for manifest in "$corpus"/real_asterisk.csv "$corpus"/real_librivox.csv; do
+            if [ -f "$manifest" ]; then sed -n '2,4p' "$manifest"; fi
+        done
+    } >"$sample"
+    echo "[main] real recordings: the base Whisper and the $target LoRA adapter, side by side"
+    "$PY" -m recipes.transcribe "results/whisper/lora/$target" "$sample" --compare
+}
+
 main_job() {
     local start=$SECONDS
     echo "[main] converting the packaged Whisper tiny.en (once)"
@@ -67,6 +90,7 @@ main_job() {
     echo "[main] full fine-tuning, for comparison"
     train recipes/whisper/train.py hparams/full_whisper.yaml hparams/lora_whisper.yaml "$@"
     "$PY" recipes/report.py results/whisper
+    compare_on_real_speech "$@"
     echo "[main] done in $((SECONDS - start)) s"
 }
 

@@ -54,6 +54,7 @@ class Item:
     id: str
     wav: str
     adapter: str | None = None
+    reference: str = ""
     text: str = ""
     error: str = ""
     seconds: float = 0.0
@@ -74,7 +75,8 @@ def collect_items(audio: list[str], adapter_column: str) -> list[Item]:
                 wav = row["wav"].replace("$data_root", str(path.parent))
                 wav = str(path.parent / wav) if not Path(wav).is_absolute() else wav
                 choice = (row.get(adapter_column) or "").strip() or None
-                items.append(Item(row.get("ID") or f"{path.stem}:{number}", wav, choice))
+                uid = row.get("ID") or f"{path.stem}:{number}"
+                items.append(Item(uid, wav, choice, reference=row.get("wrd") or ""))
         elif path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
             items += [Item(str(p.relative_to(path).with_suffix("")), str(p)) for p in found]
@@ -149,7 +151,7 @@ def transcribe(asr, items: list[Item], batch_size: int, precision: str, chunk_s:
     chunks = [(item, i) for item in items if not item.error for i in range(len(item.chunks))]
     dtype = PRECISIONS[precision]
     pieces: dict[tuple[int, int], str] = {}
-    batches = [chunks[i : i + batch_size] for i in range(0, len(chunks), batch_size)]
+    batches = _batches(chunks, batch_size, mixable=_can_mix(adapted))
     for batch in tqdm(batches, desc="transcribing", disable=len(batches) < 4 or None):
         wavs = [item.chunks[i] for item, i in batch]
         lengths = torch.tensor([w.numel() for w in wavs], dtype=torch.float)
@@ -169,6 +171,28 @@ def transcribe(asr, items: list[Item], batch_size: int, precision: str, chunk_s:
             parts = [pieces[id(item), i].strip() for i in range(len(item.chunks))]
             item.text = " ".join(p for p in parts if p)
         item.chunks = []
+
+
+def _can_mix(adapted) -> bool:
+    """Whether one batch may mix adapters (not with adapters on raw weights)."""
+    if adapted is None:
+        return False
+    try:
+        adapted._mixing_units()
+    except ValueError as err:
+        logger.warning("%s Files are batched per adapter instead.", err)
+        return False
+    return True
+
+
+def _batches(chunks: list, size: int, mixable: bool) -> list[list]:
+    """Batches of ``size`` chunks; without mixing, each batch holds one adapter's chunks."""
+    if mixable:
+        return [chunks[i : i + size] for i in range(0, len(chunks), size)]
+    groups: dict[str | None, list] = {}
+    for chunk in chunks:
+        groups.setdefault(chunk[0].adapter, []).append(chunk)
+    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
 def _activate(adapted, name: str | None) -> None:
@@ -208,6 +232,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--adapter_column", default="adapter", help="manifest column: adapter")
     parser.add_argument("--output", help="write results to a .csv or .jsonl file")
+    parser.add_argument(
+        "--compare", action="store_true",
+        help="transcribe each file with the base model and with its adapter, side by side",
+    )  # fmt: skip
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
@@ -238,6 +266,12 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, FileNotFoundError, KeyError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        if args.compare:  # each file twice: with the base model, then with its adapter
+            items = [
+                Item(it.id, it.wav, adapter, it.reference)
+                for it in items
+                for adapter in ("none", it.adapter)
+            ]
         known = set(adapted.adapter_names) if adapted is not None else set()
         for item in items:
             item.adapter = default if item.adapter is None else item.adapter
@@ -248,14 +282,29 @@ def main(argv: list[str] | None = None) -> int:
         window = getattr(asr.hparams, "eval_window_s", 30.0)
         chunk_s = min(args.chunk_s, window) if args.chunk_s else window
         transcribe(asr, items, args.batch_size, args.precision, chunk_s)
-    for item in items:
-        if item.error:
-            print(f"error: {item.id} ({item.wav}): {item.error}", file=sys.stderr)
-        else:
-            print(f"{item.id}\t{item.text}")
+    if args.compare:
+        _print_side_by_side(items)
+    else:
+        for item in items:
+            if item.error:
+                print(f"error: {item.id} ({item.wav}): {item.error}", file=sys.stderr)
+            else:
+                print(f"{item.id}\t{item.text}")
     if args.output:
         write_output(items, args.output)
     return 1 if failed or any(item.error for item in items) else 0
+
+
+def _print_side_by_side(items: list[Item]) -> None:
+    """Base and adapted transcripts of each file (pairs of items), with the reference."""
+    for base, adapted in zip(items[::2], items[1::2], strict=True):
+        print(f"{base.id}")
+        if base.reference:
+            print(f"  reference  {base.reference}")
+        label = {None: "base", "default": "adapter"}.get(adapted.adapter, adapted.adapter)
+        for label, item in (("base", base), (label, adapted)):
+            text = f"error: {item.error}" if item.error else item.text
+            print(f"  {label:<10} {text}")
 
 
 def _prepare_adapters(
