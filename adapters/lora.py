@@ -283,7 +283,11 @@ class LoRA(Adapter):
             raise RuntimeError("Unmerge the adapters before running a mixed batch.")
         out = self.base_layer(x)
         for index, params in groups:
-            if params is not None:
+            if params is None:
+                continue
+            if index.numel() == x.shape[0]:  # one set for the whole batch: no gather
+                out = out + self.lowrank_branch(x, params).to(out.dtype)
+            else:
                 out.index_add_(0, index, self.lowrank_branch(x[index], params).to(out.dtype))
         return out
 

@@ -230,11 +230,14 @@ def worker(
     window: float = 10.0,
     cache: Path = CACHE,
     device: str = "cpu",
+    bf16: bool = False,
 ) -> dict:
     """Measure one configuration in this process; return its figures.
 
     On ``cuda`` devices, timings are synchronised and the peak memory is also
-    read from ``torch.cuda.max_memory_allocated`` (``peak_cuda_mib``).
+    read from ``torch.cuda.max_memory_allocated`` (``peak_cuda_mib``). With
+    ``bf16``, the same steps are also timed under bf16 autocast (``step_bf16_s``),
+    in this process, after the float32 ones.
     """
     import torch
 
@@ -248,8 +251,11 @@ def worker(
     optimizer = torch.optim.Adam(trainable, lr=1e-4)
     compute_loss, forward = _workload(model, size, batch, frames, window, device)
 
+    autocast = {"enabled": False}
+
     def step() -> None:
-        loss = compute_loss()
+        with torch.autocast(torch.device(device).type, torch.bfloat16, **autocast):
+            loss = compute_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -263,6 +269,15 @@ def worker(
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
+    times_bf16 = []
+    if bf16:
+        autocast["enabled"] = True
+        step()  # warm-up under autocast
+        for _ in range(steps):
+            start = time.perf_counter()
+            step()
+            times_bf16.append(time.perf_counter() - start)
+        autocast["enabled"] = False
 
     # Memory, after timing: glibc's default allocator keeps freed memory, so
     # pin it (as MALLOC_MMAP_THRESHOLD_=65536 would), give back what it holds,
@@ -289,6 +304,8 @@ def worker(
         "peak_rss_mib": peak / 1024,
         "saved_mib": saved / 2**20,
     }
+    if times_bf16:
+        result["step_bf16_s"] = statistics.median(times_bf16)
     if peak_cuda is not None:
         result["peak_cuda_mib"] = peak_cuda
     with tempfile.TemporaryDirectory() as tmp:
@@ -364,6 +381,9 @@ def summarise(rows: list[dict], methods: list[str]) -> list[dict]:
         med = {k: statistics.median(r[k] for r in clean if k in r) for k in keys}
         table.append({"method": method, "runs": len(clean), "excluded": len(runs) - len(clean),
                       **med})  # fmt: skip
+    for t in table:
+        if "step_bf16_s" in t:
+            t["bf16_ratio"] = t["step_bf16_s"] / t["step_s"]
     full = next((t for t in table if t["method"] == "full"), None)
     if full:
         for t in table:
@@ -390,6 +410,10 @@ def markdown(table: list[dict]) -> str:
         ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    bf16 = any("bf16_ratio" in t for t in table)
+    if bf16:
+        lines[0] += " bf16 step vs fp32 |"
+        lines[1] += "---|"
     for t in table:
         pct = 100 * t["trainable"] / t["total"]
         file = f"{100 * t['file_ratio']:.2f}%" if "file_ratio" in t else "-"
@@ -399,6 +423,7 @@ def markdown(table: list[dict]) -> str:
             f"| {ratio(t, 'cuda_ratio' if 'cuda_ratio' in t else 'rss_ratio')} "
             f"| {ratio(t, 'saved_ratio')} | {ratio(t, 'infer_ratio')} "
             f"| {ratio(t, 'infer_merged_ratio')} | {ratio(t, 'infer_exported_ratio')} | {file} |"
+            + (f" {ratio(t, 'bf16_ratio')} |" if bf16 else "")
         )
     return "\n".join(lines)
 
@@ -456,6 +481,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda when a GPU is present")
     parser.add_argument("--quick", action="store_true", help="2 repeats, 3 steps, 500 frames")
+    parser.add_argument(
+        "--bf16", action="store_true", help="also time each step under bf16 autocast"
+    )
     parser.add_argument("--out", default="results/benchmarks")
     parser.add_argument("--cache", default=str(CACHE), help="folder of Whisper models")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -477,6 +505,7 @@ def main() -> None:
             args.window,
             Path(args.cache),
             args.device,
+            args.bf16,
         )
         print("RESULT " + json.dumps(result))
         return
@@ -500,7 +529,7 @@ def main() -> None:
                    "--steps", str(args.steps), "--rank", str(args.rank),
                    "--window", str(args.window), "--cache", args.cache,
                    "--device", args.device,
-                   "--threads", str(args.threads)]  # fmt: skip
+                   "--threads", str(args.threads)] + (["--bf16"] if args.bf16 else [])  # fmt: skip
             stall, start = cpu_stall_us(), time.time()
             proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
             stall = (cpu_stall_us() - stall) / 1e6 / max(time.time() - start, 1e-9)
@@ -511,7 +540,7 @@ def main() -> None:
     table = summarise(rows, methods)
     meta = {"size": args.size, "batch": args.batch, "frames": args.frames, "steps": args.steps,
             "window_s": args.window if args.size in WHISPER_SIZES else None,
-            "device": args.device,
+            "device": args.device, "bf16": args.bf16,
             "repeats": args.repeats, "threads": args.threads, "rank": args.rank,
             "cpus": os.cpu_count()}  # fmt: skip
     data = {"meta": meta, "runs": rows, "summary": table}

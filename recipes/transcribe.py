@@ -301,8 +301,8 @@ def _print_side_by_side(items: list[Item]) -> None:
         print(f"{base.id}")
         if base.reference:
             print(f"  reference  {base.reference}")
-        label = {None: "base", "default": "adapter"}.get(adapted.adapter, adapted.adapter)
-        for label, item in (("base", base), (label, adapted)):
+        name = {None: "base", "default": "adapter"}.get(adapted.adapter, adapted.adapter)
+        for label, item in (("base", base), (name, adapted)):
             text = f"error: {item.error}" if item.error else item.text
             print(f"  {label:<10} {text}")
 

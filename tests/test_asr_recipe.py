@@ -157,6 +157,16 @@ def test_every_adapter_recipe_trains_and_saves_its_adapter(runs, method):
         keys = list(handle.keys())
     assert any(key_part in k for k in keys), keys[:5]
     assert not any(".base_layer." in k for k in keys)
+    # Its inference folder rebuilds the same adapters and loads exactly these tensors.
+    from speechbrain.inference.ASR import EncoderASR
+
+    from recipes.transcribe import adapted_model_of
+
+    asr = EncoderASR.from_hparams(source=str(out / "inference"))
+    loaded = adapted_model_of(asr).adapter_state_dict()
+    with safe_open(str(path), framework="pt") as handle:
+        assert sorted(loaded) == sorted(keys)
+        assert all(torch.equal(loaded[k], handle.get_tensor(k)) for k in keys)
 
 
 def test_bring_your_own_manifests(runs, tmp_path):

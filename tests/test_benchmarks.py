@@ -170,3 +170,42 @@ def test_raw_parameter_benchmark_compares_the_same_function_two_ways(tmp_path):
     ours = raw_param_cost.build("ours", base, "rnn.weight_*", 4)
     assert not torch.allclose(ours(x), base(x), atol=1e-5)
     assert (tmp_path / "raw_param_cost.png").stat().st_size > 0
+
+
+def test_serving_benchmark_serves_mixed_batches_as_switching_would(tmp_path):
+    """Every serving configuration on a tiny random Whisper: positive throughput, and the
+    mixed batch of 8 adapter sets transcribes as one sub-batch per set does."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "serving.py"), "--size", "whisper-test",
+           "--window", "1", "--tokens", "4", "--repeats", "1", "--threads", "1",
+           "--out", str(tmp_path), "--cache", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    data = json.loads((tmp_path / "serving.json").read_text())
+    assert data["meta"]["threads"] == 1 and data["meta"]["adapter_sets"] == 8
+    counts = (1, 2, 4, 8)
+    expected = ["merged", "unmerged-single", *(f"mixed-{n}" for n in counts),
+                *(f"switching-{n}" for n in counts)]  # fmt: skip
+    table = {t["config"]: t for t in data["summary"]}
+    assert list(table) == expected
+    assert all(t["utt_s"] > 0 and t["ratio"] > 0 for t in table.values())
+    assert table["merged"]["ratio"] == 1.0
+    checks = data["checks"]
+    assert checks["outputs_equal"] is True and checks["outputs_equal_n"] == 8
+    assert checks["tokens_decoded"] == [4]  # end-of-text never stops a hypothesis early
+    assert checks["changed_vs_base"] > 0  # the adapter sets do change transcripts
+    assert (tmp_path / "serving.md").read_text().count("\n") == 2 + len(expected)
+    assert (tmp_path / "serving.png").stat().st_size > 0
+
+
+def test_cost_benchmark_times_bf16_steps_beside_float32(tmp_path):
+    """--bf16: each worker also times its steps under bf16 autocast (the fused adapters
+    follow it); the table gains a 'bf16 step vs fp32' column."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "adapter_cost.py"), "--size", "tiny",
+           "--methods", "full,lora,dora", "--repeats", "1", "--steps", "1", "--frames", "100",
+           "--batch", "2", "--bf16", "--out", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    data = json.loads((tmp_path / "cost_tiny.json").read_text())
+    assert data["meta"]["bf16"] is True
+    assert all(t["step_bf16_s"] > 0 and t["bf16_ratio"] > 0 for t in data["summary"])
+    assert "bf16 step vs fp32" in (tmp_path / "cost_tiny.md").read_text()
