@@ -373,7 +373,7 @@ def librivox_ids(folder: str | os.PathLike[str]) -> list[str] | None:
 def download_pocketsphinx_sdist(download_dir: str | os.PathLike[str]) -> Path | None:
     """Download the pocketsphinx source distribution from PyPI with pip.
 
-    Runs ``python -m pip download pocketsphinx==5.1.1 --no-binary :all:
+    Runs ``python -m pip download pocketsphinx==5.1.1 --no-binary pocketsphinx
     --no-deps -d download_dir`` with the running interpreter.
 
     Parameters
@@ -388,7 +388,8 @@ def download_pocketsphinx_sdist(download_dir: str | os.PathLike[str]) -> Path | 
     """
     command = [
         sys.executable, "-m", "pip", "download", POCKETSPHINX_REQUIREMENT,
-        "--no-binary", ":all:", "--no-deps", "--disable-pip-version-check", "-d", str(download_dir),
+        "--no-binary", "pocketsphinx", "--no-deps", "--disable-pip-version-check",
+        "-d", str(download_dir),
     ]  # fmt: skip
     logger.info("Downloading %s: %s", POCKETSPHINX_REQUIREMENT, " ".join(command))
     try:
