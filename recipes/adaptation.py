@@ -179,20 +179,42 @@ class AdaptationBrain(sb.Brain):
         if should_step and scheduler is not None:
             scheduler(self.optimizer)
 
+    #: Figures of an evaluation stage (``summarize_metrics``), the one that selects the best
+    #: checkpoint (lower is better), and the decimals they are reported with.
+    metric_names: tuple[str, ...] = ("WER", "CER")
+    selection_metric: str = "WER"
+    metric_decimals: int = 2
+
     def on_stage_start(self, stage, epoch=None) -> None:
-        """Start the training clock, or fresh error-rate trackers."""
+        """Start the training clock, or fresh metric trackers."""
         if stage == sb.Stage.TRAIN:
             self.stage_start = time.perf_counter()
         else:
-            self.wer_metric = self.hparams.error_rate_computer()
-            self.cer_metric = self.hparams.error_rate_computer()
+            self.start_metrics(stage)
+
+    def start_metrics(self, stage) -> None:
+        """Fresh word and character error-rate trackers (recipes with other metrics override)."""
+        self.wer_metric = self.hparams.error_rate_computer()
+        self.cer_metric = self.hparams.error_rate_computer()
+
+    def summarize_metrics(self, stage) -> dict[str, float]:
+        """The ``metric_names`` figures of the evaluation stage that ends."""
+        return {
+            "WER": self.wer_metric.summarize("error_rate"),
+            "CER": self.cer_metric.summarize("error_rate"),
+        }
+
+    def write_test_details(self, name: str) -> None:
+        """Per-utterance details of test set ``name`` in the output folder (main process)."""
+        path = os.path.join(self.hparams.output_folder, f"wer_{name}.txt")
+        with open(path, "w") as handle:
+            self.wer_metric.write_stats(handle)
 
     def on_stage_end(self, stage, stage_loss, epoch=None) -> None:
-        """Log, keep the best checkpoint by validation WER, record test figures."""
+        """Log, keep the best checkpoint by the validation metric, record test figures."""
         stats = {"loss": stage_loss}
         if stage != sb.Stage.TRAIN:
-            stats["WER"] = self.wer_metric.summarize("error_rate")
-            stats["CER"] = self.cer_metric.summarize("error_rate")
+            stats.update(self.summarize_metrics(stage))
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
             self.run_state.train_seconds += time.perf_counter() - self.stage_start
@@ -211,16 +233,15 @@ class AdaptationBrain(sb.Brain):
                 valid_stats=stats,
             )
             check_finite(self.modules, f"after epoch {epoch}")
-            self.checkpointer.save_and_keep_only(meta={"WER": stats["WER"]}, min_keys=["WER"])
+            key = self.selection_metric
+            self.checkpointer.save_and_keep_only(meta={key: stats[key]}, min_keys=[key])
         else:
             self.test_stats = stats
             self.hparams.train_logger.log_stats(
                 stats_meta={"test set": self.test_name}, test_stats=stats
             )
             if if_main_process():
-                path = os.path.join(self.hparams.output_folder, f"wer_{self.test_name}.txt")
-                with open(path, "w") as handle:
-                    self.wer_metric.write_stats(handle)
+                self.write_test_details(self.test_name)
 
     def append_error_rates(self, ids: list, hyps: list[list[str]], refs: list[list[str]]) -> None:
         """Record word and character errors of a batch of word-split hypotheses."""
@@ -230,12 +251,14 @@ class AdaptationBrain(sb.Brain):
         )
 
     def evaluate_sets(self, test_sets: dict, min_key: str | None = None) -> dict:
-        """Evaluate on each named test set; return ``{name: {"WER", "CER", "n"}}``."""
+        """Evaluate on each named test set; return ``{name: {<metric_names>..., "n"}}``."""
         results = {}
         for name, dataset in test_sets.items():
             self.test_name = name
             self.evaluate(dataset, min_key=min_key, test_loader_kwargs=self.hparams.test_loader)
-            results[name] = {k: round(float(self.test_stats[k]), 2) for k in ("WER", "CER")}
+            results[name] = {
+                k: round(float(self.test_stats[k]), self.metric_decimals) for k in self.metric_names
+            }
             results[name]["n"] = len(dataset)
         return results
 
@@ -379,6 +402,7 @@ def run_adaptation(
         "trainable_params": trainable,
         "total_params": total,
         "trainable_pct": round(100.0 * trainable / total, 3),
+        "metric": brain.selection_metric,
     }
     if adapted is not None:
         summary["adapters"] = adapted.summary()
@@ -416,7 +440,7 @@ def run_adaptation(
     summary["skipped_updates"] = getattr(brain, "skipped_updates", 0)
     summary["epochs"] = hparams["number_of_epochs"]
     summary["train_utterances"] = len(train_set)
-    summary["after"] = brain.evaluate_sets(test_sets, min_key="WER")
+    summary["after"] = brain.evaluate_sets(test_sets, min_key=brain.selection_metric)
     check_finite(model, "after training")
 
     if if_main_process():

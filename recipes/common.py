@@ -114,22 +114,35 @@ def load_manifest(
     return DynamicItemDataset(rows)
 
 
+def _is_safetensors(path: str) -> bool:
+    """A safetensors file starts with its header's length (8 bytes) and then ``{``."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and not head.startswith(b"PK")
+
+
 def strict_transfer(module: torch.nn.Module, path: str) -> None:
-    """Load a plain checkpoint into ``module``, failing on any key mismatch.
+    """Load a plain checkpoint (PyTorch or safetensors) into ``module``, failing on any
+    key mismatch.
 
     SpeechBrain's default transfer only warns when keys are missing, which
     can leave a randomly initialised model behind; a base model must load
-    completely. Use as a ``Pretrainer`` custom hook.
+    completely. Use as a ``Pretrainer`` custom hook. PyTorch files are read with
+    ``weights_only=True``: nothing but tensors and plain containers is unpickled.
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if _is_safetensors(path):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises several types, some with advice not to follow
         reason = str(err).splitlines()[0][:200]
         raise RuntimeError(
             f"Cannot read the base checkpoint {path}: it is truncated, corrupt or not a plain "
-            f"PyTorch state dict ({type(err).__name__}: {reason}). Export it again (python "
-            "recipes/asr/train.py hparams/pretrain_asr.yaml) or point base_checkpoint at a "
-            "good copy."
+            f"state dict ({type(err).__name__}: {reason}). Produce it again (the recipe's "
+            "pretraining or conversion step) or point base_checkpoint at a good copy."
         ) from None
     if not isinstance(state, dict):
         raise TypeError(

@@ -6,8 +6,9 @@
 
 Reads every ``summary.json`` below the given folder (written by the recipes'
 ``train.py``) and prints one row per run: method, trainable parameters,
-training time, and for each test set its WER before -> after training
-(CER in the summaries). Test sets are those of the runs, in first-seen order.
+training time, and for each test set its figure before -> after training: the
+runs' selection metric (WER for ASR, with CER in the summaries; EER for speaker
+verification, with minDCF). Test sets are those of the runs, in first-seen order.
 
 Authors
  * speech-adapters contributors 2026
@@ -21,7 +22,10 @@ from pathlib import Path
 
 
 def _rate(result: dict | None, key: str = "WER") -> str:
-    return f"{result[key]:.1f}" if result and key in result else "-"
+    if not result or key not in result:
+        return "-"
+    extra = [f"{k} {v:.3f}" for k, v in result.items() if k not in (key, "n", "CER")]
+    return f"{result[key]:.1f}" + (f" ({', '.join(extra)})" if extra else "")
 
 
 def test_set_names(summaries: list[dict]) -> list[str]:
@@ -49,7 +53,8 @@ def format_table(summaries: list[dict], sets: list[str] | None = None) -> str:
     sets = test_set_names(summaries) if sets is None else sets
     targets = any(s.get("target") for s in summaries)
     header = ["method", *(["target"] if targets else []), "trainable params", "train time (s)"]
-    header += [f"{name} WER before → after" for name in sets]
+    metric = summaries[0].get("metric", "WER") if summaries else "WER"
+    header += [f"{name} {metric} before → after" for name in sets]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in summaries:
         before, after = s.get("before", {}), s.get("after", {})
@@ -59,7 +64,8 @@ def format_table(summaries: list[dict], sets: list[str] | None = None) -> str:
             f"{s['trainable_params']:,} ({s['trainable_pct']:.2f}%)",
             f"{s.get('train_time_s', 0):.0f}",
         ]
-        cells += [f"{_rate(before.get(n))} → {_rate(after.get(n))}" for n in sets]
+        key = s.get("metric", "WER")
+        cells += [f"{_rate(before.get(n), key)} → {_rate(after.get(n), key)}" for n in sets]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

