@@ -81,6 +81,7 @@ def prepare_corpus_on_main(hparams: dict[str, Any]) -> None:
         "data_folder": hparams["data_folder"],
         "size": hparams["corpus_size"],
         "seed": hparams["corpus_seed"],
+        "domains": hparams.get("corpus_domains"),  # None: every domain
     }
     run_on_main(prepare_corpus, kwargs=kwargs)
 
@@ -180,10 +181,16 @@ class AdaptationBrain(sb.Brain):
             scheduler(self.optimizer)
 
     #: Figures of an evaluation stage (``summarize_metrics``), the one that selects the best
-    #: checkpoint (lower is better), and the decimals they are reported with.
+    #: checkpoint (and whether lower is better), and the decimals they are reported with.
     metric_names: tuple[str, ...] = ("WER", "CER")
     selection_metric: str = "WER"
+    lower_is_better: bool = True
     metric_decimals: int = 2
+
+    def _best(self, plural: bool = False) -> dict:
+        """``min_key``/``max_key`` (or ``min_keys``/``max_keys``) selecting the best checkpoint."""
+        name = ("min_key" if self.lower_is_better else "max_key") + ("s" if plural else "")
+        return {name: [self.selection_metric] if plural else self.selection_metric}
 
     def on_stage_start(self, stage, epoch=None) -> None:
         """Start the training clock, or fresh metric trackers."""
@@ -234,7 +241,7 @@ class AdaptationBrain(sb.Brain):
             )
             check_finite(self.modules, f"after epoch {epoch}")
             key = self.selection_metric
-            self.checkpointer.save_and_keep_only(meta={key: stats[key]}, min_keys=[key])
+            self.checkpointer.save_and_keep_only(meta={key: stats[key]}, **self._best(plural=True))
         else:
             self.test_stats = stats
             self.hparams.train_logger.log_stats(
@@ -250,12 +257,17 @@ class AdaptationBrain(sb.Brain):
             ids, [list(" ".join(h)) for h in hyps], [list(" ".join(r)) for r in refs]
         )
 
-    def evaluate_sets(self, test_sets: dict, min_key: str | None = None) -> dict:
-        """Evaluate on each named test set; return ``{name: {<metric_names>..., "n"}}``."""
+    def evaluate_sets(self, test_sets: dict, best: bool = False) -> dict:
+        """Evaluate on each named test set (with the best checkpoint if ``best``); return
+        ``{name: {<metric_names>..., "n"}}``."""
         results = {}
         for name, dataset in test_sets.items():
             self.test_name = name
-            self.evaluate(dataset, min_key=min_key, test_loader_kwargs=self.hparams.test_loader)
+            self.evaluate(
+                dataset,
+                test_loader_kwargs=self.hparams.test_loader,
+                **(self._best() if best else {}),
+            )
             results[name] = {
                 k: round(float(self.test_stats[k]), self.metric_decimals) for k in self.metric_names
             }
@@ -440,7 +452,7 @@ def run_adaptation(
     summary["skipped_updates"] = getattr(brain, "skipped_updates", 0)
     summary["epochs"] = hparams["number_of_epochs"]
     summary["train_utterances"] = len(train_set)
-    summary["after"] = brain.evaluate_sets(test_sets, min_key=brain.selection_metric)
+    summary["after"] = brain.evaluate_sets(test_sets, best=True)
     check_finite(model, "after training")
 
     if if_main_process():

@@ -107,3 +107,45 @@ def load_audio(path: str, sample_rate: int, min_seconds: float = 0.0) -> torch.T
     if rate != sample_rate:
         signal = torchaudio.functional.resample(signal, rate, sample_rate)
     return signal.contiguous()
+
+
+def crop_starts(lengths: list[int], ids: list[str], size: int, salt: str) -> list[int]:
+    """Where to cut a ``size``-sample crop from each utterance: a hash of (salt, ID).
+
+    Training on crops keeps batches short; a hash instead of a random draw makes
+    a resumed run cut the same crops (pass the seed and the epoch in ``salt``).
+    Utterances shorter than ``size`` start at 0.
+
+    Example
+    -------
+    >>> crop_starts([100, 10], ["a", "b"], size=20, salt="1234-1")
+    [11, 0]
+    """
+    import zlib
+
+    return [
+        zlib.crc32(f"{salt}-{uid}".encode()) % (max(0, length - size) + 1)
+        for length, uid in zip(lengths, ids)
+    ]
+
+
+def crop_batch(
+    wavs: torch.Tensor, lengths: list[int], starts: list[int], size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(batch, size)`` crops at ``starts`` (zero-padded past each utterance's end) and
+    their relative lengths.
+
+    Example
+    -------
+    >>> crops, lens = crop_batch(torch.arange(12.0).reshape(2, 6), [6, 3], [2, 0], size=4)
+    >>> crops, lens
+    (tensor([[2., 3., 4., 5.],
+            [6., 7., 8., 0.]]), tensor([1.0000, 0.7500]))
+    """
+    crops = torch.zeros(wavs.shape[0], size, device=wavs.device, dtype=wavs.dtype)
+    kept = []
+    for row, (start, length) in enumerate(zip(starts, lengths)):
+        piece = wavs[row, start : min(start + size, length)]
+        crops[row, : piece.shape[0]] = piece
+        kept.append(piece.shape[0] / size)
+    return crops, torch.tensor(kept, device=wavs.device)

@@ -313,7 +313,7 @@ def render_utterance(engine: ESpeak, utterance: Utterance) -> np.ndarray:
         audio = augment.reverberate(audio, utterance.rt60, rng, SAMPLE_RATE)
     if utterance.snr_db is not None:
         audio = augment.add_noise(audio, utterance.snr_db, rng, utterance.noise_color or "white")
-    if utterance.domain == "telephone":
+    if utterance.domain.split("_")[0] == "telephone":  # also its clean references
         audio = augment.telephone_channel(audio, SAMPLE_RATE)
     return to_pcm16(augment.limit_peak(audio))
 
@@ -592,6 +592,67 @@ def prepare_corpus(
             "splits": summaries,
         },
     )
+    return manifests
+
+
+def clean_reference(utterance: Utterance) -> Utterance:
+    """The same utterance without its added noise: what speech enhancement should output.
+
+    Reverberation (same room response) and the telephone channel are kept; the
+    reference lives in the domain ``<domain>_clean`` under the same ID.
+
+    Example
+    -------
+    >>> u = plan_utterance("noisy", "test", 0, "HELLO", seed=1)
+    >>> ref = clean_reference(u)
+    >>> ref.domain, ref.uid == u.uid, ref.snr_db, ref.rt60 == u.rt60
+    ('noisy_clean', True, None, True)
+    """
+    return dataclasses.replace(
+        utterance, domain=f"{utterance.domain}_clean", snr_db=None, noise_color=None
+    )
+
+
+def prepare_references(
+    data_folder: str | os.PathLike,
+    domain: str = "noisy",
+    size: str | Mapping[str, Mapping[str, int]] = "default",
+    seed: int = 1234,
+    num_workers: int = 2,
+    vocab_size: int = 2000,
+) -> dict[str, str]:
+    """Clean references of a target domain's utterances (see :func:`clean_reference`).
+
+    Written like the corpus itself (resumable, skipped when up to date), as
+    ``<domain>_clean_<split>.csv`` with the IDs of ``<domain>_<split>.csv``: noisy
+    and clean files pair by ID. The same ``size`` and ``seed`` as the corpus
+    must be given, or the references belong to other utterances.
+
+    Returns
+    -------
+    dict
+        ``"{domain}_clean_{split}"`` -> manifest path.
+    """
+    if domain not in TARGET_DOMAINS:
+        raise ValueError(
+            f"references exist for the target domains {TARGET_DOMAINS}, not {domain!r}"
+        )
+    counts = resolve_size(size)
+    plan = plan_corpus(counts, texts.load_sentences(vocab_size), seed)
+    espeak = espeak_version()
+    data_folder = Path(data_folder)
+    manifests = {}
+    synthesizer = _Synthesizer(num_workers)
+    try:
+        for split in SPLITS:
+            references = [clean_reference(u) for u in plan[domain, split]]
+            if not references:
+                continue
+            fingerprint = split_fingerprint(references, espeak)
+            _prepare_split(data_folder, references, fingerprint, synthesizer)
+            manifests[f"{domain}_clean_{split}"] = str(data_folder / f"{domain}_clean_{split}.csv")
+    finally:
+        synthesizer.close()
     return manifests
 
 

