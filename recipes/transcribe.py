@@ -72,8 +72,9 @@ def collect_items(audio: list[str], adapter_column: str) -> list[Item]:
             if rows and "wav" not in rows[0]:
                 raise ValueError(f"{path} has no 'wav' column: give one path per row in 'wav'.")
             for number, row in enumerate(rows, start=2):
-                wav = row["wav"].replace("$data_root", str(path.parent))
-                wav = str(path.parent / wav) if not Path(wav).is_absolute() else wav
+                # $data_root and relative paths: the manifest's folder, from any working directory
+                wav = row["wav"].replace("$data_root", str(path.parent.resolve()))
+                wav = wav if Path(wav).is_absolute() else str(path.parent.resolve() / wav)
                 choice = (row.get(adapter_column) or "").strip() or None
                 uid = row.get("ID") or f"{path.stem}:{number}"
                 items.append(Item(uid, wav, choice, reference=row.get("wrd") or ""))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile
@@ -15,7 +17,7 @@ def _wav(path, seconds: float, rate: int = 16000, channels: int = 1) -> str:
     return str(path)
 
 
-def test_files_folders_and_manifests_are_collected_in_order(tmp_path):
+def test_files_folders_and_manifests_are_collected_in_order(tmp_path, monkeypatch):
     (tmp_path / "dir" / "sub").mkdir(parents=True)
     one = _wav(tmp_path / "one.wav", 0.5)
     _wav(tmp_path / "dir" / "b.wav", 0.5)
@@ -31,6 +33,12 @@ def test_files_folders_and_manifests_are_collected_in_order(tmp_path):
     ]  # fmt: skip
     assert items[3].wav == items[4].wav == str(tmp_path / "one.wav")
     assert items[3].reference == "HELLO"
+    # a manifest named by a relative path ($data_root as the corpus writes it), from its parent
+    monkeypatch.chdir(tmp_path.parent)
+    relative = Path(tmp_path.name) / "m.csv"
+    assert [i.wav for i in collect_items([str(relative)], "adapter")] == [
+        str(tmp_path / "one.wav")
+    ] * 2
     bad = tmp_path / "bad.csv"
     bad.write_text("ID,path\nx,a.wav\n")
     with pytest.raises(ValueError, match="no 'wav' column"):
