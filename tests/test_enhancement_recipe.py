@@ -142,6 +142,8 @@ def test_lora_run_pairs_references_trains_and_reports_si_snr(tiny_base, tmp_path
     assert len(scores) == 6
     mean_gain = np.mean([float(line.split()[1]) for line in scores])
     assert mean_gain == pytest.approx(after["SI-SNRi"], abs=0.01)
+    stoi = [float(line.split()[2]) for line in scores]
+    assert all(0 < x <= 1 for x in stoi) and np.mean(stoi) == pytest.approx(after["STOI"], abs=1e-3)
     for tag in ("before", "after"):
         for uid in ("noisy-test-00000", "noisy-test-00001"):
             assert (out / "spectrograms" / f"{uid}_target_{tag}.png").stat().st_size > 1000

@@ -46,12 +46,12 @@ logger = logging.getLogger(__name__)
 
 
 class Enhancement(AdaptationBrain):
-    """Negative SI-SNR training; SI-SNR and SI-SNRi (dB, higher is better) in evaluation."""
+    """Negative SI-SNR training; SI-SNRi, SI-SNR (dB) and STOI (higher is better) in evaluation."""
 
-    metric_names = ("SI-SNRi", "SI-SNR")
+    metric_names = ("SI-SNRi", "SI-SNR", "STOI")
     selection_metric = "SI-SNRi"
     lower_is_better = False
-    metric_decimals = 2
+    metric_decimals = 3
 
     def compute_forward(self, batch, stage):
         """Enhanced audio; in training, of ``train_crop_s`` crops (the same cut of the reference)."""
@@ -75,6 +75,7 @@ class Enhancement(AdaptationBrain):
             before = si_snr(noisy, clean, lengths)
             self.si_snr.extend(scores.tolist())
             self.si_snri.extend((scores - before).tolist())
+            self.stoi.extend(_stoi(clean, enhanced, lengths, self.hparams.sample_rate))
             self._keep_examples(batch, enhanced, lengths)
         return -scores.mean()
 
@@ -92,6 +93,7 @@ class Enhancement(AdaptationBrain):
     def start_metrics(self, stage) -> None:
         self.si_snr: list[float] = []
         self.si_snri: list[float] = []
+        self.stoi: list[float] = []
         self.examples: dict[str, dict] = {}
 
     def summarize_metrics(self, stage) -> dict[str, float]:
@@ -100,19 +102,33 @@ class Enhancement(AdaptationBrain):
         return {
             "SI-SNRi": sum(self.si_snri) / len(self.si_snri),
             "SI-SNR": sum(self.si_snr) / len(self.si_snr),
+            "STOI": sum(self.stoi) / len(self.stoi),
         }
 
     def write_test_details(self, name: str) -> None:
-        """``si_snr_<set>.txt`` per utterance, and spectrograms of the chosen examples."""
+        """``si_snr_<set>_<before|after>.txt`` (SI-SNR, SI-SNRi, STOI per utterance), and
+        spectrograms of the chosen examples."""
         folder = self.hparams.output_folder
         tag = "after" if self.hparams.epoch_counter.current > 0 else "before"
         path = os.path.join(folder, f"si_snr_{name}_{tag}.txt")
         with open(path, "w") as handle:
             handle.writelines(
-                f"{snr:.3f} {gain:.3f}\n" for snr, gain in zip(self.si_snr, self.si_snri)
+                f"{snr:.3f} {gain:.3f} {stoi:.4f}\n"
+                for snr, gain, stoi in zip(self.si_snr, self.si_snri, self.stoi)
             )
         if self.examples:
             plot_examples(self.examples, Path(folder) / "spectrograms", f"{name}_{tag}")
+
+
+def _stoi(clean, enhanced, lengths, sample_rate: int) -> list[float]:
+    """Short-time objective intelligibility (pystoi) of each enhanced utterance, 0 to 1."""
+    from pystoi import stoi
+
+    clean, enhanced = clean.detach().float().cpu().numpy(), enhanced.detach().float().cpu().numpy()
+    return [
+        float(stoi(clean[row, :n], enhanced[row, :n], sample_rate))
+        for row, n in enumerate(lengths.tolist())
+    ]
 
 
 def plot_examples(examples: dict[str, dict], folder: Path, tag: str) -> list[Path]:
