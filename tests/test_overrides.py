@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 JOBS = {
     "main": ("hparams/lora_whisper.yaml", "hparams/full_whisper.yaml"),
     "asr": ("hparams/lora_asr.yaml", "hparams/full_asr.yaml"),
+    "speaker": ("hparams/lora_speaker.yaml", "hparams/full_speaker.yaml"),
+    "enhancement": ("hparams/lora_enhancement.yaml", "hparams/full_enhancement.yaml"),
 }
 
 
@@ -39,9 +41,9 @@ def test_run_options_reach_both_runs_and_a_typo_stops_the_job():
 
 
 def test_every_run_sh_example_of_the_readme_applies_to_both_runs():
-    """The README's ``bash run.sh main|asr ...`` examples: no run gets a key it lacks."""
+    """The README's ``bash run.sh <job> ...`` examples: no run gets a key it lacks."""
     text = (ROOT / "README.md").read_text()
-    examples = re.findall(r"bash run\.sh (main|asr) (--[^`\n]*)", text)
+    examples = re.findall(r"bash run\.sh (main|asr|speaker|enhancement) (--[^`\n]*)", text)
     assert examples, "the README shows no run.sh example with arguments"
     for job, args in examples:
         lora, full = (ROOT / p for p in JOBS[job])
