@@ -335,7 +335,7 @@ def _evaluate_before(
         with open(shared) as handle:
             cached = json.load(handle)
         if cached.get("key") == key:
-            logger.info("Error rates before training: reusing %s", shared)
+            logger.info("Figures before training: reusing %s", shared)
             results = cached["results"]
             if if_main_process():
                 write_json(local, results)

@@ -81,7 +81,7 @@ def test_full_run_trains_everything_and_shares_the_before_figures(runs):
     lora = json.loads((runs["tmp"] / "lora" / "summary.json").read_text())
     assert full["trainable_pct"] > 95
     assert full["before"] == lora["before"]  # computed once, by the first run
-    assert "Error rates before training: reusing" in (runs["tmp"] / "full" / "log.txt").read_text()
+    assert "Figures before training: reusing" in (runs["tmp"] / "full" / "log.txt").read_text()
     cache = json.loads((runs["tmp"] / "before.json").read_text())
     assert cache["results"] == lora["before"]
 
