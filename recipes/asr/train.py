@@ -21,18 +21,16 @@ Authors
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import sys
 from pathlib import Path
 
 import speechbrain as sb
-from speechbrain.utils.distributed import run_on_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repository root
 
 from recipes.adaptation import (
     AdaptationBrain,
+    load_pretrained_base,
     prepare_corpus_on_main,
     run_adaptation,
     setup_experiment,
@@ -156,21 +154,11 @@ def main():
     label_encoder = build_label_encoder(hparams)
     train_set, valid_set, test_sets, data_report = dataio_prepare(hparams, label_encoder)
 
-    if "pretrainer" in hparams:
-        base = hparams["base_checkpoint"]
-        if not os.path.isfile(base):
-            raise FileNotFoundError(
-                f"Base checkpoint {base} not found. Pretrain it first with "
-                "`python recipes/asr/train.py hparams/pretrain_asr.yaml`, or set base_checkpoint."
-            )
-        # Collect afresh: a link left by an earlier run may point to another base.
-        run_on_main(
-            shutil.rmtree, args=[hparams["pretrainer"].collect_in], kwargs={"ignore_errors": True}
-        )
-        run_on_main(hparams["pretrainer"].collect_files)
-        hparams["pretrainer"].load_collected()
-    if "adapted_model" in hparams:
-        hparams["adapted_model"].insert_adapters()
+    load_pretrained_base(
+        hparams,
+        "Pretrain it first with `python recipes/asr/train.py hparams/pretrain_asr.yaml`, or set "
+        "base_checkpoint.",
+    )
 
     asr = ASR(
         modules=hparams["modules"],

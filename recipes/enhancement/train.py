@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repository root
 
 from recipes.adaptation import (
     AdaptationBrain,
+    load_pretrained_base,
     prepare_corpus_on_main,
     run_adaptation,
     setup_experiment,
@@ -228,20 +228,11 @@ def main():
     prepare_references_on_main(hparams)
     train_set, valid_set, test_sets = dataio_prepare(hparams)
 
-    base = hparams["base_checkpoint"]
-    if not os.path.isfile(base):
-        raise FileNotFoundError(
-            f"Pretrained NSNet2 {base} not found. Convert it first with "
-            "`python -m recipes.enhancement.pretrained --output pretrained/nsnet2`, or set "
-            "base_checkpoint."
-        )
-    run_on_main(
-        shutil.rmtree, args=[hparams["pretrainer"].collect_in], kwargs={"ignore_errors": True}
+    load_pretrained_base(
+        hparams,
+        "Convert NSNet2 first with `python -m recipes.enhancement.pretrained --output "
+        "pretrained/nsnet2`, or set base_checkpoint.",
     )
-    run_on_main(hparams["pretrainer"].collect_files)
-    hparams["pretrainer"].load_collected()
-    if "adapted_model" in hparams:
-        hparams["adapted_model"].insert_adapters()
 
     brain = Enhancement(
         modules=hparams["modules"],

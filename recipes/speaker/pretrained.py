@@ -19,23 +19,20 @@ Authors
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from recipes.packages import PackageError, extract_checked, pip_download
+from recipes.packages import PackageError, convert_pinned_file
 from recipes.speaker.model import SpeakerEncoder
 
 PACKAGE = "resemblyzer==0.1.4"
 MEMBER = "resemblyzer/pretrained.pt"
 SHA256 = "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"
 WEIGHTS = "encoder.safetensors"
-STAMP = "converted_from.json"
 
 logger = logging.getLogger(__name__)
 
@@ -79,28 +76,7 @@ def prepare_pretrained(output: str | os.PathLike, wheel: str | os.PathLike | Non
     Returns the weights path. Kept when ``output/converted_from.json`` records the
     expected source hash and the weights are there.
     """
-    output = Path(output)
-    weights, stamp = output / WEIGHTS, output / STAMP
-    if (
-        weights.is_file()
-        and stamp.is_file()
-        and json.loads(stamp.read_text()).get("sha256") == SHA256
-    ):
-        return weights
-    with tempfile.TemporaryDirectory() as tmp:
-        if wheel is None:
-            logger.info("Downloading %s with pip (weights only, nothing installed)", PACKAGE)
-            files = [p for p in pip_download(PACKAGE, tmp) if p.suffix == ".whl"]
-            if not files:
-                raise PackageError(f"pip saved no wheel of {PACKAGE} in {tmp}.")
-            wheel = files[0]
-        checkpoint = extract_checked(wheel, MEMBER, SHA256, Path(tmp) / "pretrained.pt")
-        convert_checkpoint(checkpoint, output)
-    stamp.write_text(
-        json.dumps({"package": PACKAGE, "file": MEMBER, "sha256": SHA256}, indent=2) + "\n"
-    )
-    logger.info("Resemblyzer's encoder converted to %s", weights)
-    return weights
+    return convert_pinned_file(output, WEIGHTS, PACKAGE, MEMBER, SHA256, convert_checkpoint, wheel)
 
 
 def main(argv: list[str] | None = None) -> None:

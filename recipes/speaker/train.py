@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import shutil
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -36,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repository root
 
 from recipes.adaptation import (
     AdaptationBrain,
+    load_pretrained_base,
     prepare_corpus_on_main,
     run_adaptation,
     setup_experiment,
@@ -277,20 +277,11 @@ def main():
     trials = {name: read_trials(path) for name, path in lists.items()}
     train_set, valid_set, test_sets, data_report = dataio_prepare(hparams, trials)
 
-    base = hparams["base_checkpoint"]
-    if not os.path.isfile(base):
-        raise FileNotFoundError(
-            f"Pretrained encoder {base} not found. Convert Resemblyzer's weights first with "
-            "`python -m recipes.speaker.pretrained --output pretrained/resemblyzer`, or set "
-            "base_checkpoint."
-        )
-    run_on_main(
-        shutil.rmtree, args=[hparams["pretrainer"].collect_in], kwargs={"ignore_errors": True}
+    load_pretrained_base(
+        hparams,
+        "Convert Resemblyzer's weights first with `python -m recipes.speaker.pretrained "
+        "--output pretrained/resemblyzer`, or set base_checkpoint.",
     )
-    run_on_main(hparams["pretrainer"].collect_files)
-    hparams["pretrainer"].load_collected()
-    if "adapted_model" in hparams:
-        hparams["adapted_model"].insert_adapters()
 
     labels = [train_set.data[uid]["spk_id"] for uid in train_set.data_ids]
     sampler = SpeakerBatches(
