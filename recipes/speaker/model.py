@@ -285,18 +285,16 @@ def trial_scores(
     return (enrol * test).sum(1)
 
 
-def verification_scores(
-    embeddings: dict[str, torch.Tensor], trials: list[tuple[int, str, str]]
+def split_by_label(
+    scores: torch.Tensor, trials: list[tuple[int, str, str]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine scores of the target trials and of the non-target trials.
+    """The scores of the target trials and those of the non-target trials.
 
     Example
     -------
-    >>> emb = {"a": torch.tensor([1.0, 0.0]), "b": torch.tensor([0.8, 0.6]), "c": torch.tensor([0.0, 1.0])}
-    >>> verification_scores(emb, [(1, "a", "b"), (0, "a", "c")])
-    (tensor([0.8000]), tensor([0.]))
+    >>> split_by_label(torch.tensor([0.8, 0.0, 0.5]), [(1, "a", "b"), (0, "a", "c"), (1, "b", "d")])
+    (tensor([0.8000, 0.5000]), tensor([0.]))
     """
-    scores = trial_scores(embeddings, trials)
     labels = torch.tensor([label for label, _, _ in trials], dtype=torch.bool)
     return scores[labels], scores[~labels]
 

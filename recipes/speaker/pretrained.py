@@ -24,9 +24,8 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from recipes.packages import PackageError, convert_pinned_file
+from recipes.packages import PackageError, convert_pinned_file, save_weights
 from recipes.speaker.model import SpeakerEncoder
 
 PACKAGE = "resemblyzer==0.1.4"
@@ -53,21 +52,13 @@ def convert_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike)
     state = checkpoint_data.get("model_state") if isinstance(checkpoint_data, dict) else None
     if not isinstance(state, dict):
         raise PackageError(f"{checkpoint} has no 'model_state': not a Resemblyzer checkpoint.")
-    encoder = SpeakerEncoder()
-    try:
-        encoder.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise PackageError(
-            f"{checkpoint} does not fit the GE2E encoder (3-layer LSTM 40 -> 256, Linear 256): "
-            f"{err}"
-        ) from err
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    weights = output / WEIGHTS
-    temp = weights.with_name(weights.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(temp))
-    os.replace(temp, weights)
-    return weights
+    return save_weights(
+        SpeakerEncoder(),
+        state,
+        Path(output) / WEIGHTS,
+        str(checkpoint),
+        "the GE2E encoder (3-layer LSTM 40 -> 256, Linear 256)",
+    )
 
 
 def prepare_pretrained(output: str | os.PathLike, wheel: str | os.PathLike | None = None) -> Path:

@@ -49,8 +49,8 @@ from recipes.speaker.model import (
     eer_and_min_dcf,
     embed_utterances,
     ge2e_loss,
+    split_by_label,
     trial_scores,
-    verification_scores,
 )
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class SpeakerBatches(torch.utils.data.Sampler):
 
     def __init__(self, labels: list[str], speakers: int, per_speaker: int, seed: int = 0):
         self.speakers, self.per_speaker, self.seed, self.epoch = speakers, per_speaker, seed, 0
+        self._drawn: tuple[int, list[list[int]]] | None = None  # (epoch, its batches)
         self.by_speaker: dict[str, list[int]] = defaultdict(list)
         for index, label in enumerate(labels):
             self.by_speaker[label].append(index)
@@ -90,6 +91,12 @@ class SpeakerBatches(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def _batches(self) -> list[list[int]]:
+        """This epoch's batches, drawn once (``len`` and iteration both need them)."""
+        if self._drawn is None or self._drawn[0] != self.epoch:
+            self._drawn = (self.epoch, self._draw())
+        return self._drawn[1]
+
+    def _draw(self) -> list[list[int]]:
         rng = random.Random(f"{self.seed}-{self.epoch}")
         chunks = []
         for speaker in sorted(self.by_speaker):
@@ -113,7 +120,7 @@ class SpeakerBatches(torch.utils.data.Sampler):
         return batches
 
     def __iter__(self):
-        return iter(self._batches())
+        return iter(list(self._batches()))
 
     def __len__(self) -> int:
         return len(self._batches())
@@ -174,14 +181,15 @@ class SpeakerVerification(AdaptationBrain):
     def summarize_metrics(self, stage) -> dict[str, float]:
         name = "valid" if stage == sb.Stage.VALID else self.test_name
         self.embeddings = self._gathered_embeddings()
-        self.scores = verification_scores(self.embeddings, self.trials[name])
-        eer, cost = eer_and_min_dcf(*self.scores, p_target=self.hparams.p_target)
+        self.scores = trial_scores(self.embeddings, self.trials[name])  # kept for the details
+        positive, negative = split_by_label(self.scores, self.trials[name])
+        eer, cost = eer_and_min_dcf(positive, negative, p_target=self.hparams.p_target)
         return {"EER": eer, "minDCF": cost}
 
     def write_test_details(self, name: str) -> None:
         """``scores_<set>.txt``: every trial with its label and cosine score."""
         path = os.path.join(self.hparams.output_folder, f"scores_{name}.txt")
-        scores = trial_scores(self.embeddings, self.trials[name]).tolist()
+        scores = self.scores.tolist()  # of this set, from summarize_metrics
         with open(path, "w") as handle:
             handle.writelines(
                 f"{label} {enrol} {test} {score:.6f}\n"
