@@ -11,6 +11,8 @@
 #                        adapted with LoRA and with full fine-tuning, EER/minDCF table
 #   bash run.sh enhancement  speech enhancement: NSNet2 (from its PyPI wheel) adapted with
 #                        LoRA and with full fine-tuning, SI-SNR improvement table
+#   bash run.sh vad      voice activity detection: Silero VAD v6 (from its PyPI wheel) adapted
+#                        with LoRA and with full fine-tuning, frame F1/AUC table
 #
 # Extra arguments after a job's name (not `tests`) go to both adaptation runs, each run taking the
 # ones its YAML defines (--rank reaches the LoRA run only; a typo stops the job), e.g.
@@ -136,6 +138,7 @@ case "${1:-main}" in
     asr) shift; asr_job "$@" ;;
     speaker) shift; task_job speaker recipes.speaker.pretrained resemblyzer "$@" ;;
     enhancement) shift; task_job enhancement recipes.enhancement.pretrained nsnet2 "$@" ;;
+    vad) shift; task_job vad recipes.vad.pretrained silero_vad "$@" ;;
     tests) shift; "$PY" -m pytest -q "$@" ;;
-    *) echo "usage: bash run.sh [main [overrides...] | asr [overrides...] | speaker [overrides...] | enhancement [overrides...] | tests [pytest args...]]" >&2; exit 2 ;;
+    *) echo "usage: bash run.sh [main [overrides...] | asr [overrides...] | speaker [overrides...] | enhancement [overrides...] | vad [overrides...] | tests [pytest args...]]" >&2; exit 2 ;;
 esac

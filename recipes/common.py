@@ -22,8 +22,15 @@ logger = logging.getLogger(__name__)
 MANIFEST_COLUMNS = ("ID", "duration", "wav", "wrd")
 
 
-def read_manifest(path: str, data_root: str | None = None, hint: str = "") -> dict[str, dict]:
+def read_manifest(
+    path: str,
+    data_root: str | None = None,
+    hint: str = "",
+    columns: tuple[str, ...] = MANIFEST_COLUMNS,
+) -> dict[str, dict]:
     r"""The rows of a SpeechBrain CSV manifest by ID, failing early and clearly.
+
+    ``columns`` are required (ASR's by default; a VAD manifest has ``speech``).
 
     A byte-order mark and CRLF line ends read fine; ``$data_root`` in the ``wav``
     column is replaced; ``duration`` becomes a float. A missing file, missing
@@ -45,10 +52,10 @@ def read_manifest(path: str, data_root: str | None = None, hint: str = "") -> di
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle, skipinitialspace=True)
         fields = [f.strip() for f in reader.fieldnames or []]
-        missing = [c for c in MANIFEST_COLUMNS if c not in fields]
+        missing = [c for c in columns if c not in fields]
         if missing:
             raise ValueError(
-                f"Manifest {path} lacks the columns {missing}; it needs {list(MANIFEST_COLUMNS)} "
+                f"Manifest {path} lacks the columns {missing}; it needs {list(columns)} "
                 f"(plus optional spk_id). Its header is {fields}."
             )
         for line, raw in enumerate(reader, start=2):
@@ -79,6 +86,7 @@ def load_manifest(
     hint: str = "",
     min_seconds: float = 0.0,
     skip_short: bool = False,
+    columns: tuple[str, ...] = MANIFEST_COLUMNS,
 ) -> DynamicItemDataset:
     """A ``DynamicItemDataset`` of a manifest whose audio files were all checked.
 
@@ -88,7 +96,7 @@ def load_manifest(
     (training data), left out with one warning that counts them: one such file
     in training can turn every adapter weight into NaN.
     """
-    rows = read_manifest(path, data_root, hint)
+    rows = read_manifest(path, data_root, hint, columns)
     absent = [row["wav"] for row in rows.values() if not os.path.isfile(row["wav"])]
     if absent:
         raise FileNotFoundError(

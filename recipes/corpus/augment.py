@@ -55,11 +55,16 @@ def pink_noise(length: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def add_noise(
-    signal: np.ndarray, snr_db: float, rng: np.random.Generator, color: str = "white"
+    signal: np.ndarray,
+    snr_db: float,
+    rng: np.random.Generator,
+    color: str = "white",
+    active: np.ndarray | None = None,
 ) -> np.ndarray:
     """Add white or pink noise at a given signal-to-noise ratio.
 
-    The SNR is measured over the whole signal, pauses included.
+    The SNR is measured over the whole signal, pauses included, or over the
+    samples where ``active`` is True (the speech of a recording with long silences).
 
     Parameters
     ----------
@@ -71,6 +76,8 @@ def add_noise(
         Source of randomness.
     color : str
         ``"white"`` or ``"pink"``.
+    active : numpy.ndarray, optional
+        Boolean mask, as long as ``signal``, of the samples the signal power is measured on.
 
     Returns
     -------
@@ -81,7 +88,8 @@ def add_noise(
     if color not in generators:
         raise ValueError(f"noise color must be one of {sorted(generators)}, got {color!r}")
     noise = generators[color](len(signal), rng)
-    signal_power = float(np.mean(np.square(signal, dtype=np.float64)))
+    measured = signal if active is None or not active.any() else signal[active]
+    signal_power = float(np.mean(np.square(measured, dtype=np.float64)))
     noise_power = float(np.mean(np.square(noise))) + 1e-20
     scale = np.sqrt(signal_power / (noise_power * 10.0 ** (snr_db / 10.0)))
     return signal + scale * noise

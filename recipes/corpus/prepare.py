@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
 import io
@@ -51,8 +52,9 @@ import platform
 import time
 import wave
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -352,28 +354,36 @@ def _init_worker() -> None:
     _worker_engine = ESpeak()
 
 
-def _make_wav_in_worker(job: tuple[Utterance, Path]) -> None:
+def _make_in_worker(make: Callable[[ESpeak, Any, Path], None], job: tuple[Any, Path]) -> None:
     assert _worker_engine is not None, "worker not initialised"
-    _make_wav(_worker_engine, *job)
+    make(_worker_engine, *job)
 
 
 class _Synthesizer:
-    """Writes wav files, in-process or with a pool of workers created on first use."""
+    """Writes files, in-process or with a pool of workers created on first use.
 
-    def __init__(self, num_workers: int) -> None:
+    ``make(engine, item, path)`` writes one file (default: an utterance's wav); it
+    must be a module-level function, so that workers can receive it.
+    """
+
+    def __init__(
+        self, num_workers: int, make: Callable[[ESpeak, Any, Path], None] = _make_wav
+    ) -> None:
         self.num_workers = num_workers
+        self.make = make
         self._engine: ESpeak | None = None
         self._pool: multiprocessing.pool.Pool | None = None
 
-    def run(self, jobs: list[tuple[Utterance, Path]]) -> None:
+    def run(self, jobs: list[tuple[Any, Path]]) -> None:
         if self.num_workers == 1:
             self._engine = self._engine or ESpeak()
-            for utterance, path in jobs:
-                _make_wav(self._engine, utterance, path)
+            for item, path in jobs:
+                self.make(self._engine, item, path)
             return
         if self._pool is None:
             self._pool = multiprocessing.Pool(self.num_workers, initializer=_init_worker)
-        for _ in self._pool.imap_unordered(_make_wav_in_worker, jobs, chunksize=4):
+        task = functools.partial(_make_in_worker, self.make)
+        for _ in self._pool.imap_unordered(task, jobs, chunksize=4):
             pass
 
     def close(self) -> None:
@@ -417,7 +427,9 @@ def _write_json(path: Path, content: dict) -> None:
     _write_atomic(path, (json.dumps(content, indent=2, sort_keys=True) + "\n").encode())
 
 
-def _manifest_bytes(utterances: Sequence[Utterance], frames: Sequence[int]) -> bytes:
+def _manifest_bytes(
+    utterances: Sequence[Utterance], frames: Sequence[int], wavs: Sequence[Path]
+) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(MANIFEST_COLUMNS)
@@ -430,9 +442,21 @@ def _manifest_bytes(utterances: Sequence[Utterance], frames: Sequence[int]) -> b
 
 
 def _prepare_split(
-    data_folder: Path, utterances: Sequence[Utterance], fingerprint: str, synthesizer: _Synthesizer
+    data_folder: Path,
+    utterances: Sequence[Any],
+    fingerprint: str,
+    synthesizer: _Synthesizer,
+    manifest_bytes: Callable[[Sequence[Any], Sequence[int], Sequence[Path]], bytes] = (
+        _manifest_bytes
+    ),
 ) -> dict:
-    """Generate a split's missing wavs and its manifest; returns the split's statistics."""
+    """Generate a split's missing wavs and its manifest; returns the split's statistics.
+
+    ``utterances`` are :class:`Utterance` or anything with ``uid``, ``domain``,
+    ``split`` and ``voices`` (a recording of several utterances) that the
+    synthesizer's ``make`` writes; files beside a wav named ``<uid>.*.json`` are
+    its sidecars, written before it.
+    """
     domain, split = utterances[0].domain, utterances[0].split
     name = f"{domain}/{split}"
     wav_dir = data_folder / domain / split
@@ -450,7 +474,7 @@ def _prepare_split(
         stray.unlink()
     if not current:  # files of another configuration, or of unknown origin
         manifest.unlink(missing_ok=True)
-        for old in wav_dir.glob("*.wav"):
+        for old in [*wav_dir.glob("*.wav"), *wav_dir.glob("*.*.json")]:
             old.unlink()
         _write_json(stamp_path, {"fingerprint": fingerprint})
     jobs = [(u, p) for u, p in zip(utterances, wavs) if not p.is_file()]
@@ -460,12 +484,13 @@ def _prepare_split(
     seconds = time.perf_counter() - start
 
     frames = [_wav_frames(p) for p in wavs]
-    _write_atomic(manifest, _manifest_bytes(utterances, frames))
+    _write_atomic(manifest, manifest_bytes(utterances, frames, wavs))
+    voices = {v for u in utterances for v in getattr(u, "voices", None) or (u.voice,)}
     summary = {
         "manifest": manifest.name,
         "utterances": len(utterances),
         "hours": round(sum(frames) / SAMPLE_RATE / 3600, 4),
-        "voices": sorted({u.voice for u in utterances}),
+        "voices": sorted(voices),
     }
     _write_json(stamp_path, {"fingerprint": fingerprint, "summary": summary})
     logger.info(

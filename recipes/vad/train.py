@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Adapt a pretrained voice activity detector (Silero VAD v6) to a new noise and room.
+
+    python -m recipes.vad.pretrained          # once: the weights from PyPI
+    python recipes/vad/train.py hparams/lora_vad.yaml
+    python recipes/vad/train.py hparams/lora_vad.yaml --rank 16 --target telephone
+    python recipes/vad/train.py hparams/full_vad.yaml
+
+Scenes of the corpus's utterances between pauses of silence or noise
+(:mod:`recipes.corpus.scenes`) give a speech label per 32 ms chunk. Training
+minimises the binary cross-entropy of the model's per-chunk logits; evaluation
+reports frame (chunk) F1 at the decision threshold and the ROC AUC, before and
+after training, on the target domain's scenes, clean source-domain scenes (what
+adapting may cost) and real recordings (Asterisk prompts joined into scenes, as
+recorded and degraded like the target domain) when they are installed.
+
+Authors
+ * speech-adapters contributors 2026
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import speechbrain as sb
+import torch
+import torch.nn.functional as F
+from speechbrain.utils.distributed import if_main_process, run_on_main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repository root
+
+from recipes.adaptation import (
+    AdaptationBrain,
+    load_pretrained_base,
+    run_adaptation,
+    setup_experiment,
+)
+from recipes.audio import load_audio
+from recipes.common import load_manifest
+from recipes.vad.model import CHUNK, chunk_labels, f1_score, roc_auc
+
+logger = logging.getLogger(__name__)
+SPEECH_COLUMN = (
+    " A VAD manifest's 'speech' column lists each recording's speech segments in seconds, "
+    "e.g. '0.50-1.75 2.10-3.00' (empty: no speech)."
+)
+
+
+class VoiceActivity(AdaptationBrain):
+    """Per-chunk binary cross-entropy; chunk F1 (at ``threshold``) and ROC AUC in evaluation."""
+
+    metric_names = ("F1", "AUC", "precision", "recall")
+    selection_metric = "F1"
+    lower_is_better = False
+    metric_decimals = 3
+
+    def compute_forward(self, batch, stage):
+        batch = batch.to(self.device)
+        wav, lens = batch.sig
+        return self.modules.model(wav), lens, wav.shape[1]
+
+    def compute_objectives(self, predictions, batch, stage):
+        logits, lens, samples = predictions
+        labels, _ = batch.labels
+        labels = labels.to(logits.device)
+        chunks = torch.ceil(torch.round(lens * samples) / CHUNK).long()
+        mask = torch.arange(logits.shape[1], device=logits.device)[None] < chunks[:, None]
+        logits = logits[:, : labels.shape[1]].float()
+        loss = F.binary_cross_entropy_with_logits(logits[mask], labels[mask])
+        if stage != sb.Stage.TRAIN:
+            probabilities = logits.detach().sigmoid().cpu()
+            for row, uid in enumerate(batch.id):
+                n = int(chunks[row])
+                self.scores[uid] = (probabilities[row, :n], labels[row, :n].cpu())
+        return loss
+
+    def start_metrics(self, stage) -> None:
+        self.scores: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def summarize_metrics(self, stage) -> dict[str, float]:
+        if not self.scores:
+            raise ValueError("No recording was evaluated: the evaluation set is empty.")
+        scores = torch.cat([s for s, _ in self.scores.values()])
+        labels = torch.cat([lab for _, lab in self.scores.values()])
+        figures = f1_score(scores >= self.hparams.threshold, labels)
+        return {**figures, "AUC": roc_auc(scores, labels)}
+
+    def write_test_details(self, name: str) -> None:
+        """``vad_<set>_<before|after>.txt``: per recording, chunks, speech chunks, F1."""
+        tag = "after" if self.hparams.epoch_counter.current > 0 else "before"
+        path = os.path.join(self.hparams.output_folder, f"vad_{name}_{tag}.txt")
+        with open(path, "w") as handle:
+            handle.write("ID chunks speech_chunks detected F1\n")
+            for uid, (scores, labels) in sorted(self.scores.items()):
+                decisions = scores >= self.hparams.threshold
+                f1 = f1_score(decisions, labels)["F1"]
+                handle.write(
+                    f"{uid} {len(labels)} {int(labels.sum())} {int(decisions.sum())} {f1:.3f}\n"
+                )
+
+
+def prepare_data(hparams) -> dict[str, str]:
+    """Scenes of the target and source domains, and of the real recordings if installed;
+    returns the real scenes' manifests (test set name -> path)."""
+    if not hparams.get("prepare_corpus", False):
+        return {}
+    from recipes.corpus.prepare import TARGET_DOMAINS
+    from recipes.corpus.scenes import prepare_real_scenes, prepare_scenes
+
+    target = hparams["target"]
+    if target not in TARGET_DOMAINS:
+        raise ValueError(
+            f"target {target!r} names no domain of the generated corpus; choose one of "
+            f"{', '.join(TARGET_DOMAINS)} (--target noisy), or set prepare_corpus: False and "
+            "point train_csv, valid_csv and test_sets at your own manifests."
+        )
+    common = {
+        "data_folder": hparams["data_folder"],
+        "size": hparams["corpus_size"],
+        "seed": hparams["corpus_seed"],
+    }
+    for name, splits in hparams["scene_splits"].items():
+        domain = target if name == "target" else name
+        run_on_main(prepare_scenes, kwargs={**common, "domain": domain, "splits": splits})
+    if not hparams.get("real_speech", False):
+        return {}
+    from recipes.corpus.real_speech import prepare_real_speech
+
+    kwargs = {"data_folder": hparams["data_folder"], "sources": ["asterisk"],
+              "max_asterisk": hparams["max_asterisk"]}  # fmt: skip
+    run_on_main(prepare_real_speech, kwargs=kwargs)
+    found = prepare_real_speech(**kwargs, download=False)
+    if "asterisk" not in found:
+        logger.warning("The Asterisk prompts are not installed: no real-speech test sets.")
+        return {}
+    real = {"data_folder": hparams["data_folder"], "manifest": found["asterisk"],
+            "domain": target, "seed": hparams["corpus_seed"]}  # fmt: skip
+    run_on_main(prepare_real_scenes, kwargs=real)
+    manifests = prepare_real_scenes(**real)
+    return {key.replace("real_", "").replace("_vad", ""): path for key, path in manifests.items()}
+
+
+def dataio_prepare(hparams, real_sets: dict[str, str]):
+    """Datasets of scenes: audio (``sig``) and per-chunk labels (``labels``) from ``speech``."""
+    from recipes.corpus.scenes import parse_segments
+
+    data_root = hparams["data_folder"]
+    hint = "Run the recipe with prepare_corpus: True, or point the *_csv keys at your manifests."
+
+    def load(path, train=False):
+        data = load_manifest(path, data_root, hint + SPEECH_COLUMN, hparams["min_audio_s"],
+                             skip_short=train, columns=("ID", "duration", "wav", "speech"))  # fmt: skip
+        for uid, row in data.data.items():
+            try:
+                segments = parse_segments(row["speech"])
+            except ValueError as err:
+                raise ValueError(f"{path}, ID {uid}: {err}") from None
+            if segments and segments[-1][1] > row["duration"] + 0.05:
+                raise ValueError(
+                    f"{path}, ID {uid}: a speech segment ends at {segments[-1][1]} s, after the "
+                    f"recording ({row['duration']} s): the labels belong to another file."
+                )
+        return data.filtered_sorted(sort_key="duration")
+
+    train = load(hparams["train_csv"], train=True)
+    valid = load(hparams["valid_csv"])
+    tests = {name: load(path) for name, path in {**hparams["test_sets"], **real_sets}.items()}
+
+    @sb.utils.data_pipeline.takes("wav", "speech")
+    @sb.utils.data_pipeline.provides("sig", "labels")
+    def audio_pipeline(wav, speech):
+        sig = load_audio(wav, hparams["sample_rate"])
+        yield sig
+        yield chunk_labels(parse_segments(speech), sig.shape[0], hparams["sample_rate"])
+
+    datasets = [train, valid, *tests.values()]
+    sb.dataio.dataset.add_dynamic_item(datasets, audio_pipeline)
+    sb.dataio.dataset.set_output_keys(datasets, ["id", "sig", "labels"])
+    return train, valid, tests
+
+
+def main():
+    hparams, run_opts = setup_experiment(sys.argv[1:])
+    real_sets = prepare_data(hparams)
+    train_set, valid_set, test_sets = dataio_prepare(hparams, real_sets)
+
+    load_pretrained_base(
+        hparams,
+        "Convert Silero VAD first with `python -m recipes.vad.pretrained --output "
+        "pretrained/silero_vad`, or set base_checkpoint.",
+    )
+    brain = VoiceActivity(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    if if_main_process():
+        logger.info("Scenes: train %d, valid %d", len(train_set), len(valid_set))
+    run_adaptation(brain, hparams, hparams["modules"]["model"], train_set, valid_set, test_sets)
+
+
+if __name__ == "__main__":
+    main()
