@@ -206,6 +206,8 @@ class AdaptationBrain(sb.Brain):
     selection_metric: str = "WER"
     lower_is_better: bool = True
     metric_decimals: int = 2
+    #: Decimals of the selection metric in the printed table (``recipes/report.py``).
+    table_decimals: int = 1
 
     def _best(self, plural: bool = False) -> dict:
         """``min_key``/``max_key`` (or ``min_keys``/``max_keys``) selecting the best checkpoint."""
@@ -435,6 +437,7 @@ def run_adaptation(
         "total_params": total,
         "trainable_pct": round(100.0 * trainable / total, 3),
         "metric": brain.selection_metric,
+        "table_decimals": brain.table_decimals,
     }
     if adapted is not None:
         summary["adapters"] = adapted.summary()

@@ -21,11 +21,11 @@ import json
 from pathlib import Path
 
 
-def _rate(result: dict | None, key: str = "WER") -> str:
+def _rate(result: dict | None, key: str = "WER", decimals: int = 1) -> str:
     if not result or key not in result:
         return "-"
     extra = [f"{k} {v:.3f}" for k, v in result.items() if k not in (key, "n", "CER")]
-    return f"{result[key]:.1f}" + (f" ({', '.join(extra)})" if extra else "")
+    return f"{result[key]:.{decimals}f}" + (f" ({', '.join(extra)})" if extra else "")
 
 
 def test_set_names(summaries: list[dict]) -> list[str]:
@@ -64,8 +64,11 @@ def format_table(summaries: list[dict], sets: list[str] | None = None) -> str:
             f"{s['trainable_params']:,} ({s['trainable_pct']:.2f}%)",
             f"{s.get('train_time_s', 0):.0f}",
         ]
-        key = s.get("metric", "WER")
-        cells += [f"{_rate(before.get(n), key)} → {_rate(after.get(n), key)}" for n in sets]
+        key, places = s.get("metric", "WER"), s.get("table_decimals", 1)
+        cells += [
+            f"{_rate(before.get(n), key, places)} → {_rate(after.get(n), key, places)}"
+            for n in sets
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -56,6 +56,7 @@ class VoiceActivity(AdaptationBrain):
     selection_metric = "F1"
     lower_is_better = False
     metric_decimals = 3
+    table_decimals = 3
 
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
