@@ -466,7 +466,7 @@ def _prepare_split(
     stamp = _read_stamp(stamp_path)
     current = stamp is not None and stamp.get("fingerprint") == fingerprint
     if current and "summary" in stamp and manifest.is_file() and all(p.is_file() for p in wavs):
-        logger.info("%s: up to date (%d utterances)", name, len(utterances))
+        logger.info("%s: up to date (%d recordings)", name, len(utterances))
         return stamp["summary"]
 
     wav_dir.mkdir(parents=True, exist_ok=True)
@@ -494,7 +494,7 @@ def _prepare_split(
     }
     _write_json(stamp_path, {"fingerprint": fingerprint, "summary": summary})
     logger.info(
-        "%s: wrote %s (%d utterances, %.2f h) after %.1f s of synthesis",
+        "%s: wrote %s (%d recordings, %.2f h) after %.1f s of synthesis",
         name, manifest.name, len(utterances), summary["hours"], seconds,
     )  # fmt: skip
     return summary
