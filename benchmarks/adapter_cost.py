@@ -15,11 +15,23 @@ small's dimensions (inputs: random audio and tokens). No data is needed.
     python benchmarks/adapter_cost.py --size whisper-tiny --window 10
     python benchmarks/adapter_cost.py --size whisper-small --batch 2 --repeats 1
 
-Timing runs with glibc's default allocator; memory is read afterwards with
-the allocator pinned (``mallopt(M_MMAP_THRESHOLD, 65536)``, what
-``MALLOC_MMAP_THRESHOLD_=65536`` does): glibc keeps freed memory otherwise,
-and peak RSS then says little. Pinning it for the timing too made every step
-about 1.7x slower here (each large tensor becomes an mmap).
+Each configuration runs twice per repeat, in two processes: one times training
+steps and inference with glibc's default allocator; the other reads memory
+with the allocator pinned from its start (``mallopt(M_MMAP_THRESHOLD, 65536)``,
+what ``MALLOC_MMAP_THRESHOLD_=65536`` does: glibc keeps freed memory
+otherwise, and peak RSS then says little; pinned for timing, every step ran
+about 1.7x slower). Every process imports the same libraries (torch,
+SpeechBrain, PEFT, the library), and memory is the peak RSS of two training
+steps minus the process's RSS after those imports. The order of the methods is
+shuffled anew for every repeat (seeded), and inference alternates which model
+runs first. Ratios are given with their range over the repeats, each repeat's
+method paired with the reference of the same repeat.
+
+``floor`` is the least any adapter method can cost on a model: the base
+frozen, the backward still running through every layer an adapter would adapt
+(for input gradients) but forming no weight gradient there. It trains only the
+biases of exactly the Linear layers LoRA adapts, and the output layer
+(BitFit restricted to those layers); "vs floor" columns divide by it.
 
 Authors
  * speech-adapters contributors 2026
@@ -31,6 +43,7 @@ import argparse
 import ctypes
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -51,20 +64,21 @@ WHISPER_SIZES = {  # size -> model source (recipes.whisper): packaged weights or
     "whisper-test": "tiny-test",
 }
 METHODS = (
-    "full", "head", "sb_lora", "peft_native", "peft_lora", "lora", "lora_all", "lora_attention",
+    "full", "floor", "head", "sb_lora", "peft_native", "peft_lora", "lora", "lora_all", "lora_attention",
     "poollora", "dora", "houlsby",
 )  # fmt: skip
-DESCRIPTIONS = {
+DESCRIPTIONS = {  # {rank}: the rank of the run
     "full": "full fine-tuning",
+    "floor": "frozen base, biases of the adapted Linear layers + head: the floor",
     "head": "frozen model, output layer only (CTC head; Whisper's final decoder norm)",
-    "sb_lora": "SpeechBrain 1.1.2 LoRA r8, Linear modules",
-    "peft_native": "PEFT LoRA r8 inserted by peft.get_peft_model, Linear modules",
-    "peft_lora": "PEFT LoRA r8 (bridge), Linear modules",
-    "lora": "ours LoRA r8, Linear modules",
-    "lora_all": "ours LoRA r8, Linear modules + attention Q/K/V",
-    "lora_attention": "ours LoRA r8, attention Q/V only",
-    "poollora": "ours PoolLoRA r8 stride 2, Linear modules",
-    "dora": "ours DoRA r8, Linear modules",
+    "sb_lora": "SpeechBrain 1.1.2 LoRA r{rank}, Linear modules",
+    "peft_native": "PEFT LoRA r{rank} inserted by peft.get_peft_model, Linear modules",
+    "peft_lora": "PEFT LoRA r{rank} (bridge), Linear modules",
+    "lora": "ours LoRA r{rank}, Linear modules",
+    "lora_all": "ours LoRA r{rank}, Linear modules + attention Q/K/V",
+    "lora_attention": "ours LoRA r{rank}, attention Q/V only",
+    "poollora": "ours PoolLoRA r{rank} stride 2, Linear modules",
+    "dora": "ours DoRA r{rank}, Linear modules",
     "houlsby": "ours Houlsby p32, Linear modules",
 }
 
@@ -74,6 +88,14 @@ def _rss_peak_kib() -> int:
     with open("/proc/self/status") as handle:
         for line in handle:
             if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return -1
+
+
+def _rss_now_kib() -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return -1
 
@@ -134,6 +156,16 @@ def _build(method: str, size: str, rank: int, window: float, cache: Path = CACHE
     if method == "head":
         for name, param in model.named_parameters():
             param.requires_grad_(name.startswith(head + "."))
+        return model, None
+    if method == "floor":  # BitFit on exactly the layers LoRA adapts, and the same head
+        for param in model.parameters():
+            param.requires_grad_(False)
+        for name in [*linear, *common["unfrozen_layers"]]:
+            module = model.get_submodule(name)
+            trained = module.parameters() if name == head else [module.bias]
+            for param in trained:
+                if param is not None:
+                    param.requires_grad_(True)
         return model, None
     if method == "sb_lora":
         wrapped = sb_adapters.AdaptedModel(
@@ -231,17 +263,29 @@ def worker(
     cache: Path = CACHE,
     device: str = "cpu",
     bf16: bool = False,
+    phase: str = "time",
 ) -> dict:
     """Measure one configuration in this process; return its figures.
 
-    On ``cuda`` devices, timings are synchronised and the peak memory is also
-    read from ``torch.cuda.max_memory_allocated`` (``peak_cuda_mib``). With
-    ``bf16``, the same steps are also timed under bf16 autocast (``step_bf16_s``),
-    in this process, after the float32 ones.
+    ``phase="time"``: training steps and inference, timed with the default
+    allocator; on ``cuda`` devices timings are synchronised. With ``bf16``, the
+    same steps are also timed under bf16 autocast (``step_bf16_s``), after the
+    float32 ones. ``phase="memory"``: the allocator pinned from the start, the
+    peak RSS of two training steps above the RSS after every import
+    (``peak_rss_mib``; on ``cuda`` also ``torch.cuda.max_memory_allocated``,
+    ``peak_cuda_mib``), the bytes saved for backward and the file sizes.
     """
+    if phase == "memory":
+        # glibc keeps freed memory unless pinned (as MALLOC_MMAP_THRESHOLD_=65536 would)
+        ctypes.CDLL("libc.so.6").mallopt(-3, 65536)  # M_MMAP_THRESHOLD
+    import peft  # noqa: F401  every process imports the same libraries, whatever it measures
+    import speechbrain  # noqa: F401
     import torch
 
     sys.path.insert(0, str(ROOT))
+    import adapters  # noqa: F401
+
+    baseline_kib = _rss_now_kib()
     torch.manual_seed(0)
     model, adapted = _build(method, size, rank, window, cache)
     model.to(device)
@@ -264,57 +308,50 @@ def worker(
 
     model.train()
     step()  # warm-up: allocations, optimizer state
+    result = {
+        "method": method,
+        "trainable": sum(p.numel() for p in trainable),
+        "total": sum(p.numel() for p in params),
+    }
+    if phase == "memory":
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        _reset_rss_peak()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(2):
+            step()
+        result["peak_rss_mib"] = (_rss_peak_kib() - baseline_kib) / 1024
+        result["baseline_rss_mib"] = baseline_kib / 1024
+        if cuda:
+            result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        result["saved_mib"] = saved_bytes(compute_loss, params) / 2**20
+        with tempfile.TemporaryDirectory() as tmp:
+            full_path = os.path.join(tmp, "full.ckpt")
+            torch.save(model.state_dict(), full_path)
+            result["full_file_bytes"] = os.path.getsize(full_path)
+            if callable(getattr(adapted, "save_adapter", None)):
+                path = os.path.join(tmp, "adapter.safetensors")
+                adapted.save_adapter(path)
+                result["adapter_file_bytes"] = os.path.getsize(path)
+        return result
+
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    times_bf16 = []
+    result["step_s"] = statistics.median(times)
     if bf16:
         autocast["enabled"] = True
         step()  # warm-up under autocast
+        times_bf16 = []
         for _ in range(steps):
             start = time.perf_counter()
             step()
             times_bf16.append(time.perf_counter() - start)
         autocast["enabled"] = False
-
-    # Memory, after timing: glibc's default allocator keeps freed memory, so
-    # pin it (as MALLOC_MMAP_THRESHOLD_=65536 would), give back what it holds,
-    # and read the peak over two more steps.
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-3, 65536)  # M_MMAP_THRESHOLD
-    libc.malloc_trim(0)
-    _reset_rss_peak()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    for _ in range(2):
-        step()
-    peak = _rss_peak_kib()
-    peak_cuda = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
-
-    saved = saved_bytes(compute_loss, params)
-
-    model.eval()
-    result = {
-        "method": method,
-        "trainable": sum(p.numel() for p in trainable),
-        "total": sum(p.numel() for p in params),
-        "step_s": statistics.median(times),
-        "peak_rss_mib": peak / 1024,
-        "saved_mib": saved / 2**20,
-    }
-    if times_bf16:
         result["step_bf16_s"] = statistics.median(times_bf16)
-    if peak_cuda is not None:
-        result["peak_cuda_mib"] = peak_cuda
-    with tempfile.TemporaryDirectory() as tmp:
-        full_path = os.path.join(tmp, "full.ckpt")
-        torch.save(model.state_dict(), full_path)
-        result["full_file_bytes"] = os.path.getsize(full_path)
-        if callable(getattr(adapted, "save_adapter", None)):
-            adapted.save_adapter(os.path.join(tmp, "adapter.safetensors"))
-            result["adapter_file_bytes"] = os.path.getsize(os.path.join(tmp, "adapter.safetensors"))
+    model.eval()
     if adapted is None:  # full fine-tuning and head-only infer with the base model itself
         return result
 
@@ -329,8 +366,9 @@ def worker(
         with torch.no_grad():
             run()  # warm-up
             run_reference()
-            for _ in range(steps):
-                for fn, out in ((run, mine), (run_reference, base)):
+            for i in range(steps):  # which of the two runs first alternates
+                pair = [(run, mine), (run_reference, base)]
+                for fn, out in pair if i % 2 == 0 else pair[::-1]:
                     start = time.perf_counter()
                     fn()
                     if cuda:
@@ -365,50 +403,79 @@ def cpu_stall_us() -> int:
         return 0
 
 
+def _ratios(rows: list[dict], method: str, reference: str, key: str) -> list[float]:
+    """``key`` of ``method`` over ``key`` of ``reference``, per repeat both ran in."""
+    mine = {r.get("repeat"): r[key] for r in rows if r["method"] == method and key in r}
+    theirs = {r.get("repeat"): r[key] for r in rows if r["method"] == reference and key in r}
+    return [mine[rep] / theirs[rep] for rep in mine if rep in theirs and rep is not None]
+
+
 def summarise(rows: list[dict], methods: list[str]) -> list[dict]:
-    """Median of every figure per method, and ratios to full fine-tuning.
+    """Median of every figure per method, ratios to full fine-tuning and to the floor.
 
     Runs during which other tasks kept a CPU busy (``cpu_stall`` above
-    ``STALL_LIMIT``) are left out when the method has clean runs.
+    ``STALL_LIMIT``) are left out when the method has clean runs. Each ratio
+    ``<x>_ratio`` is of the medians; ``<x>_ratio_range`` is the lowest and
+    highest ratio of one repeat's run to the reference's run of the same repeat.
     """
-    table = []
+    table, kept = [], []
     for method in methods:
         runs = [r for r in rows if r["method"] == method]
         if not runs:
             continue
         clean = [r for r in runs if r.get("cpu_stall", 0.0) <= STALL_LIMIT] or runs
+        kept += clean
         keys = [k for k in clean[0] if k not in ("method", "repeat")]
         med = {k: statistics.median(r[k] for r in clean if k in r) for k in keys}
+        spread = {
+            "step_s_range": [min(r["step_s"] for r in clean), max(r["step_s"] for r in clean)]
+        }
         table.append({"method": method, "runs": len(clean), "excluded": len(runs) - len(clean),
-                      **med})  # fmt: skip
+                      **med, **spread})  # fmt: skip
     for t in table:
         if "step_bf16_s" in t:
             t["bf16_ratio"] = t["step_bf16_s"] / t["step_s"]
-    full = next((t for t in table if t["method"] == "full"), None)
-    if full:
+    by_method = {t["method"]: t for t in table}
+    memory = "peak_cuda_mib" if all("peak_cuda_mib" in t for t in table) else "peak_rss_mib"
+    for reference, prefix in (("full", ""), ("floor", "floor_")):
+        ref = by_method.get(reference)
+        if ref is None:
+            continue
         for t in table:
-            t["step_ratio"] = t["step_s"] / full["step_s"]
-            t["rss_ratio"] = t["peak_rss_mib"] / full["peak_rss_mib"]
-            if "peak_cuda_mib" in t and "peak_cuda_mib" in full:
-                t["cuda_ratio"] = t["peak_cuda_mib"] / full["peak_cuda_mib"]
-            t["saved_ratio"] = t["saved_mib"] / full["saved_mib"]
+            for key, name in (("step_s", "step"), (memory, "memory")):
+                t[f"{prefix}{name}_ratio"] = t[key] / ref[key]
+                pairs = _ratios(kept, t["method"], reference, key)
+                if pairs:
+                    t[f"{prefix}{name}_ratio_range"] = [min(pairs), max(pairs)]
+            if prefix:
+                continue
+            t["rss_ratio"] = t["peak_rss_mib"] / ref["peak_rss_mib"]
+            if "peak_cuda_mib" in t and "peak_cuda_mib" in ref:
+                t["cuda_ratio"] = t["peak_cuda_mib"] / ref["peak_cuda_mib"]
+            t["saved_ratio"] = t["saved_mib"] / ref["saved_mib"]
             if "adapter_file_bytes" in t:
-                t["file_ratio"] = t["adapter_file_bytes"] / full["full_file_bytes"]
+                t["file_ratio"] = t["adapter_file_bytes"] / ref["full_file_bytes"]
     return table
 
 
-def markdown(table: list[dict]) -> str:
-    """The summary as a markdown table."""
+def markdown(table: list[dict], rank: int = 8) -> str:
+    """The summary as a markdown table; ratios with their range over repeats."""
 
     def ratio(t: dict, key: str) -> str:
-        return f"{t[key]:.2f}x" if key in t else "-"
+        if key not in t:
+            return "-"
+        low_high = t.get(f"{key}_range")
+        spread = f" ({low_high[0]:.2f}–{low_high[1]:.2f})" if low_high and t["runs"] > 1 else ""
+        return f"{t[key]:.2f}x{spread}"
 
+    memory = "GPU memory" if all("cuda_ratio" in t for t in table) else "peak memory"
     lines = [
         (
-            "| method | trainable | step (s) | step vs full | peak memory vs full | saved activations "
-            "vs full | inference vs base: unmerged | merged | exported | adapter file vs full |"
+            f"| method | trainable | step (s) | step vs full | step vs floor | {memory} vs full "
+            f"| {memory} vs floor | saved activations vs full | inference vs base: unmerged "
+            "| merged | exported | adapter file vs full |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     bf16 = any("bf16_ratio" in t for t in table)
     if bf16:
@@ -417,10 +484,13 @@ def markdown(table: list[dict]) -> str:
     for t in table:
         pct = 100 * t["trainable"] / t["total"]
         file = f"{100 * t['file_ratio']:.2f}%" if "file_ratio" in t else "-"
+        low, high = t["step_s_range"]
+        step = f"{t['step_s']:.3f}" + (f" ({low:.3f}–{high:.3f})" if t["runs"] > 1 else "")
+        label = DESCRIPTIONS[t["method"]].format(rank=rank)
         lines.append(
-            f"| {t['method']} ({DESCRIPTIONS[t['method']]}) | {t['trainable']:,.0f} ({pct:.2f}%) "
-            f"| {t['step_s']:.3f} | {ratio(t, 'step_ratio')} "
-            f"| {ratio(t, 'cuda_ratio' if 'cuda_ratio' in t else 'rss_ratio')} "
+            f"| {t['method']} ({label}) | {t['trainable']:,.0f} ({pct:.2f}%) "
+            f"| {step} | {ratio(t, 'step_ratio')} | {ratio(t, 'floor_step_ratio')} "
+            f"| {ratio(t, 'memory_ratio')} | {ratio(t, 'floor_memory_ratio')} "
             f"| {ratio(t, 'saved_ratio')} | {ratio(t, 'infer_ratio')} "
             f"| {ratio(t, 'infer_merged_ratio')} | {ratio(t, 'infer_exported_ratio')} | {file} |"
             + (f" {ratio(t, 'bf16_ratio')} |" if bf16 else "")
@@ -459,13 +529,13 @@ def ratio_bars(
 
 
 def plot(table: list[dict], path: Path) -> None:
-    """Bars of step time and peak memory relative to full fine-tuning."""
-    memory = "cuda_ratio" if all("cuda_ratio" in t for t in table) else "rss_ratio"
+    """Bars of step time and peak memory relative to full fine-tuning and to the floor."""
     panels = [
-        ([t.get("step_ratio", 0) for t in table], "training step time / full fine-tuning"),
-        ([t.get(memory, 0) for t in table], "peak training memory / full fine-tuning"),
+        ([t.get("step_ratio", 0) for t in table], "training step / full fine-tuning"),
+        ([t.get("floor_step_ratio", 0) for t in table], "training step / floor"),
+        ([t.get("memory_ratio", 0) for t in table], "peak training memory / full"),
     ]
-    ratio_bars([t["method"] for t in table], panels, path)
+    ratio_bars([t["method"] for t in table], panels, path, size=(13, 4))
 
 
 def main() -> None:
@@ -487,6 +557,8 @@ def main() -> None:
     parser.add_argument("--out", default="results/benchmarks")
     parser.add_argument("--cache", default=str(CACHE), help="folder of Whisper models")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--phase", default="time", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the order of the methods")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.steps, args.frames = 2, 3, 500
@@ -506,6 +578,7 @@ def main() -> None:
             Path(args.cache),
             args.device,
             args.bf16,
+            args.phase,
         )
         print("RESULT " + json.dumps(result))
         return
@@ -517,34 +590,45 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(args.threads)}
-    rows, total, started = [], args.repeats * len(methods), time.time()
+    rows, total, started = [], 2 * args.repeats * len(methods), time.time()
+    done = 0
     for rep in range(args.repeats):
-        order = methods[rep % len(methods) :] + methods[: rep % len(methods)]  # interleave
+        order = random.Random(f"{args.seed}-{rep}").sample(methods, len(methods))
         for method in order:
-            done = len(rows)
-            eta = (time.time() - started) / done * (total - done) if done else float("nan")
-            print(f"[{done + 1}/{total}] repeat {rep + 1} {method} (ETA {eta:.0f} s)", flush=True)
-            cmd = [sys.executable, __file__, "--worker", method, "--size", args.size,
-                   "--batch", str(args.batch), "--frames", str(args.frames),
-                   "--steps", str(args.steps), "--rank", str(args.rank),
-                   "--window", str(args.window), "--cache", args.cache,
-                   "--device", args.device,
-                   "--threads", str(args.threads)] + (["--bf16"] if args.bf16 else [])  # fmt: skip
-            stall, start = cpu_stall_us(), time.time()
-            proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
-            stall = (cpu_stall_us() - stall) / 1e6 / max(time.time() - start, 1e-9)
-            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-            if proc.returncode or not line:
-                raise SystemExit(f"{method} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-            rows.append({**json.loads(line[0][7:]), "repeat": rep, "cpu_stall": round(stall, 3)})
+            row = {"repeat": rep}
+            for phase in ("time", "memory"):
+                eta = (time.time() - started) / done * (total - done) if done else float("nan")
+                print(f"[{done + 1}/{total}] repeat {rep + 1} {method} {phase} (ETA {eta:.0f} s)",
+                      flush=True)  # fmt: skip
+                cmd = [sys.executable, __file__, "--worker", method, "--phase", phase,
+                       "--size", args.size, "--batch", str(args.batch),
+                       "--frames", str(args.frames), "--steps", str(args.steps),
+                       "--rank", str(args.rank), "--window", str(args.window),
+                       "--cache", args.cache, "--device", args.device,
+                       "--threads", str(args.threads)]  # fmt: skip
+                cmd += ["--bf16"] if args.bf16 and phase == "time" else []
+                stall, start = cpu_stall_us(), time.time()
+                proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
+                line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+                if proc.returncode or not line:
+                    raise SystemExit(
+                        f"{method} ({phase}) failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+                    )
+                row.update(json.loads(line[0][7:]))
+                if phase == "time":  # only timings suffer from contention
+                    stall = (cpu_stall_us() - stall) / 1e6 / max(time.time() - start, 1e-9)
+                    row["cpu_stall"] = round(stall, 3)
+                done += 1
+            rows.append(row)
     table = summarise(rows, methods)
     meta = {"size": args.size, "batch": args.batch, "frames": args.frames, "steps": args.steps,
             "window_s": args.window if args.size in WHISPER_SIZES else None,
             "device": args.device, "bf16": args.bf16,
             "repeats": args.repeats, "threads": args.threads, "rank": args.rank,
-            "cpus": os.cpu_count()}  # fmt: skip
+            "order_seed": args.seed, "cpus": os.cpu_count()}  # fmt: skip
     data = {"meta": meta, "runs": rows, "summary": table}
-    write_results(out, f"cost_{args.size}", data, markdown(table), lambda p: plot(table, p))
+    write_results(out, f"cost_{args.size}", data, markdown(table, args.rank),
+                  lambda p: plot(table, p))  # fmt: skip
 
 
 if __name__ == "__main__":

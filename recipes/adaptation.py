@@ -475,6 +475,10 @@ def run_adaptation(
     summary["skipped_updates"] = getattr(brain, "skipped_updates", 0)
     summary["epochs"] = hparams["number_of_epochs"]
     summary["train_utterances"] = len(train_set)
+    best = brain.checkpointer.find_checkpoint(**brain._best()) if brain.checkpointer else None
+    if best is not None and brain.selection_metric in best.meta:  # what chose the checkpoint
+        value = float(best.meta[brain.selection_metric])
+        summary["valid"] = {brain.selection_metric: round(value, brain.metric_decimals)}
     summary["after"] = brain.evaluate_sets(test_sets, best=True)
     check_finite(model, "after training")
 

@@ -15,28 +15,41 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import adapter_cost
 
 
-def test_summary_takes_medians_and_ratios_to_full_finetuning():
+def test_summary_takes_medians_and_ratios_to_full_finetuning_and_the_floor():
     rows = [
         {"method": "full", "trainable": 10, "total": 10, "step_s": s, "peak_rss_mib": 100.0,
-         "saved_mib": 8.0, "full_file_bytes": 1000, "cpu_stall": 0.0}
-        for s in (1.0, 2.0, 9.0)
+         "saved_mib": 8.0, "full_file_bytes": 1000, "cpu_stall": 0.0, "repeat": rep}
+        for rep, s in enumerate((1.0, 2.0, 9.0))
+    ] + [
+        {"method": "floor", "trainable": 2, "total": 10, "step_s": s, "peak_rss_mib": 50.0,
+         "saved_mib": 2.0, "full_file_bytes": 1000, "cpu_stall": 0.0, "repeat": rep}
+        for rep, s in enumerate((0.5, 1.0, 4.0))
     ] + [
         {"method": "lora", "trainable": 1, "total": 11, "step_s": s, "peak_rss_mib": 80.0,
          "saved_mib": 4.0, "infer_ratio": 1.5, "infer_merged_ratio": 1.0,
-         "full_file_bytes": 1000, "adapter_file_bytes": 20, "cpu_stall": stall}
-        for s, stall in ((0.5, 0.0), (1.0, 0.05), (1.5, 0.0), (30.0, 0.4))
+         "full_file_bytes": 1000, "adapter_file_bytes": 20, "cpu_stall": stall, "repeat": rep}
+        for rep, (s, stall) in enumerate(((0.5, 0.0), (1.0, 0.05), (1.5, 0.0), (30.0, 0.4)))
     ]  # fmt: skip
-    table = {t["method"]: t for t in adapter_cost.summarise(rows, ["full", "lora"])}
+    table = {t["method"]: t for t in adapter_cost.summarise(rows, ["full", "floor", "lora"])}
     assert table["full"]["step_s"] == 2.0 and table["full"]["step_ratio"] == 1.0
     lora = table["lora"]
     assert lora["runs"] == 3 and lora["excluded"] == 1  # the run under CPU contention
     assert lora["step_ratio"] == 0.5 and lora["rss_ratio"] == 0.8 and lora["saved_ratio"] == 0.5
+    assert lora["memory_ratio"] == 0.8 and lora["floor_memory_ratio"] == 1.6
+    assert lora["floor_step_ratio"] == 1.0 and table["floor"]["floor_step_ratio"] == 1.0
+    # spreads: each repeat against the reference's run of the same repeat (repeat 3 was dropped)
+    assert lora["step_ratio_range"] == [1.5 / 9.0, 0.5]
+    assert lora["floor_step_ratio_range"] == [0.375, 1.0]
+    assert lora["step_s_range"] == [0.5, 1.5]
     assert lora["infer_ratio"] == 1.5 and lora["infer_merged_ratio"] == 1.0
     assert lora["file_ratio"] == 0.02
-    assert "| lora (" in adapter_cost.markdown(list(table.values()))
+    text = adapter_cost.markdown(list(table.values()), rank=4)
+    row = next(line for line in text.splitlines() if line.startswith("| lora ("))
+    assert "LoRA r4" in row and "| 0.50x (0.17–0.50) | 1.00x (0.38–1.00) |" in row
+    assert "| 1.000 (0.500–1.500) |" in row
 
 
-@pytest.mark.parametrize("methods", ["full,lora,houlsby,sb_lora,peft_native,dora"])
+@pytest.mark.parametrize("methods", ["full,floor,lora,houlsby,sb_lora,peft_native,dora"])
 def test_tiny_run_writes_every_method_and_figure(tmp_path, methods):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "adapter_cost.py"), "--size", "tiny",
            "--methods", methods, "--repeats", "1", "--steps", "1", "--frames", "100",
@@ -51,15 +64,24 @@ def test_tiny_run_writes_every_method_and_figure(tmp_path, methods):
     assert "bf16 step vs fp32" in (tmp_path / "cost_tiny.md").read_text()
     for entry in data["summary"]:
         for key in ("trainable", "total", "step_s", "peak_rss_mib", "saved_mib",
-                    "step_ratio", "rss_ratio"):  # fmt: skip
+                    "step_ratio", "rss_ratio", "floor_step_ratio", "floor_memory_ratio"):  # fmt: skip
             assert entry[key] > 0, (entry["method"], key)
         # adapters are timed against the base model in their own process
-        assert (entry["method"] == "full") != ("infer_ratio" in entry), entry
+        assert (entry["method"] in ("full", "floor")) != ("infer_ratio" in entry), entry
+    # every run timed and measured in two processes, both importing the same libraries
+    runs = data["runs"]
+    assert len(runs) == len(methods.split(",")) and all("cpu_stall" in r for r in runs)
+    assert max(r["baseline_rss_mib"] for r in runs) - min(r["baseline_rss_mib"] for r in runs) < 60
+    floor = next(t for t in data["summary"] if t["method"] == "floor")
+    full = next(t for t in data["summary"] if t["method"] == "full")
+    # the floor: the base itself, only biases (of the layers LoRA adapts) and the head trained
+    assert floor["total"] == full["total"] and 0 < floor["trainable"] < full["trainable"]
     lora = next(t for t in data["summary"] if t["method"] == "lora")
     assert lora["infer_merged_ratio"] > 0 and lora["infer_exported_ratio"] > 0
     assert "infer_merged_ratio" not in next(t for t in data["summary"] if t["method"] == "houlsby")
     assert 0 < lora["file_ratio"] < 1
-    assert (tmp_path / "cost_tiny.md").read_text().count("\n") == 2 + len(methods.split(","))
+    text = (tmp_path / "cost_tiny.md").read_text()
+    assert text.count("\n") == 2 + len(methods.split(",")) and "step vs floor" in text
     assert (tmp_path / "cost_tiny.png").stat().st_size > 0
 
 
@@ -101,12 +123,28 @@ def test_quality_sweep_runs_each_configuration_and_plots(tmp_path):
     assert set(rows) == {"full", "lora_r2_lr0.001", "lora_r2_lr0.002"}
     assert rows["full"]["trainable_pct"] == 100.0
     assert rows["lora_r2_lr0.001"]["before"] == rows["full"]["before"]  # computed once, shared
-    table = (tmp_path / "out" / "quality_whisper_noisy.md").read_text()
-    assert table.count("\n") == 2 + 1 + 3  # header, rule, no adaptation, three runs
+    table = (tmp_path / "out" / "quality_whisper_noisy.md").read_text().split("\n\n")
+    assert len(table[0].splitlines()) == 2 + 1 + 3  # header, rule, no adaptation, three runs
     assert (tmp_path / "out" / "quality_whisper_noisy.png").stat().st_size > 0
-    # finished configurations are not run again
+    # the rate is chosen on the validation set: the one with the lowest validation WER
+    valid = {lr: rows[f"lora_r2_lr{lr:g}"]["valid"]["WER"] for lr in (0.001, 0.002)}
+    best = min(valid, key=lambda lr: (valid[lr], lr))
+    assert data["chosen"] == {
+        "lora_r2": {"lr": best, "valid": valid[best], "tried": [0.001, 0.002]}
+    }
+    assert "Chosen on the validation set" in table[1]
+    # finished configurations are not run again...
     again = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
     assert again.stdout.count("done already") == 3
+    # ...unless their arguments changed; and --target after "--" works like before it
+    changed = [a.replace("--test_utterances=2", "--test_utterances=3") for a in cmd]
+    changed[changed.index("--lrs") + 1] = "0.001"
+    changed += ["--target", "noisy"]
+    third = subprocess.run(changed, check=False, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stdout[-2000:] + third.stderr[-3000:]
+    assert third.stdout.count("done already") == 0 and "lora_r2_lr0.001 (ETA" in third.stdout
+    data = json.loads((tmp_path / "out" / "quality_whisper_noisy.json").read_text())
+    assert len(data["runs"]) == 3  # every finished configuration of the folder is gathered
 
     def logged_lr(name: str) -> float:
         log = (tmp_path / "out" / "quality_whisper_noisy" / name / "train_log.txt").read_text()
