@@ -233,3 +233,42 @@ def test_serving_benchmark_serves_mixed_batches_as_switching_would(tmp_path):
     assert checks["changed_vs_base"] > 0  # the adapter sets do change transcripts
     assert (tmp_path / "serving.md").read_text().count("\n") == 2 + len(expected)
     assert (tmp_path / "serving.png").stat().st_size > 0
+
+
+def test_figures_are_drawn_from_the_benchmark_json_and_stay_small(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    rows = [
+        {"method": m, "trainable": t, "total": 10, "step_s": s * (1 + 0.1 * rep),
+         "peak_rss_mib": mem, "saved_mib": 1.0, "full_file_bytes": 100, "repeat": rep,
+         "step_bf16_s": s / 2}
+        for rep in range(3)
+        for m, t, s, mem in (("full", 10, 2.0, 100.0), ("floor", 1, 1.5, 70.0), ("lora", 2, 1.6, 72.0))
+    ]  # fmt: skip
+    table = adapter_cost.summarise(rows, ["full", "floor", "lora"])
+    meta = {"size": "20m", "device": "cpu", "repeats": 3}
+    (results / "cost_20m.json").write_text(json.dumps({"meta": meta, "summary": table}))
+    for target in ("noisy", "voices"):
+        runs = [
+            {"method": m, "trainable_params": p, "after": {"target": {"WER": w}},
+             "before": {"target": {"WER": 80.0}}}
+            for m, p, w in (("full", 100, 40.0), ("lora", 1, 45.0), ("lora", 2, 42.0))
+        ]  # fmt: skip
+        data = {"meta": {"recipe": "whisper", "target": target}, "runs": runs}
+        (results / f"quality_whisper_{target}.json").write_text(json.dumps(data))
+    serving = [{"config": c, "utt_s": u, "min_utt_s": u - 0.1, "max_utt_s": u + 0.1,
+                "ratio": u / 2.0} for c, u in (("merged", 2.0), ("mixed-4", 1.6))]  # fmt: skip
+    (results / "serving.json").write_text(json.dumps({"summary": serving}))
+    out = tmp_path / "figures"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "figures.py"), "--results", str(results),
+           "--out", str(out)]  # fmt: skip
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["cost_20m.png", "quality_whisper.png", "serving.png"]
+    assert all(0 < (out / p).stat().st_size <= 200_000 for p in pngs)
+    assert (out / "cost_20m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # nothing to draw is an error, not an empty success
+    empty = subprocess.run([*cmd[:3], str(tmp_path / "none"), *cmd[4:]], check=False,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert empty.returncode != 0 and "No benchmark JSON" in empty.stderr

@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""The README's figures, drawn from the benchmarks' JSON into ``docs/figures/``.
+
+    python benchmarks/figures.py                        # results/benchmarks -> docs/figures
+    python benchmarks/figures.py --results results/benchmarks --out docs/figures
+
+Draws what exists, each figure a small PNG (at most 200 KB):
+
+- ``quality_<recipe>.png``: WER on each target's test set against trainable
+  parameters (log scale), one panel per target, from ``quality_<recipe>_<target>.json``
+  (every configuration of the sweep, the unadapted model as a dashed line);
+- ``cost_<size>.png``: training step time and peak memory of each method relative
+  to full fine-tuning and to the frozen-backward floor, with the range over
+  repeats, from ``cost_<size>.json``; and the bf16/fp32 step ratio when measured;
+- ``serving.png``: throughput of mixed-adapter batches and of switching adapters
+  relative to one merged adapter, from ``serving.json``.
+
+Authors
+ * speech-adapters contributors 2026
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+LIMIT_BYTES = 200_000
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    _pyplot().close(fig)
+    if path.stat().st_size > LIMIT_BYTES:
+        raise SystemExit(f"{path} is {path.stat().st_size} bytes, over the {LIMIT_BYTES} limit")
+    return path
+
+
+def quality_figure(files: list[Path], path: Path) -> Path:
+    """Target-set WER against trainable parameters, one panel per quality JSON (target)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(files), figsize=(5 * len(files), 3.6), squeeze=False)
+    for ax, file in zip(axes[0], files, strict=True):
+        data = json.loads(file.read_text())
+        runs = [r for r in data["runs"] if "target" in r.get("after", {})]
+        for method in sorted({r["method"] for r in runs}):
+            points = sorted(
+                (r["trainable_params"], r["after"]["target"]["WER"])
+                for r in runs
+                if r["method"] == method
+            )
+            ax.plot(*zip(*points, strict=True), marker="o", ls="-" if len(points) > 1 else "",
+                    label=method)  # fmt: skip
+        before = next(
+            (r["before"]["target"]["WER"] for r in runs if "target" in r.get("before", {})), None
+        )
+        if before is not None:
+            ax.axhline(before, color="grey", ls="--", lw=0.8, label="no adaptation")
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters")
+        ax.set_ylabel("target WER (%)")
+        meta = data.get("meta", {})
+        ax.set_title(f"{meta.get('recipe', '')}: {meta.get('target', file.stem)}")
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def cost_figure(file: Path, path: Path) -> Path:
+    """Step time and peak memory against full fine-tuning and the floor, with ranges."""
+    plt = _pyplot()
+    data = json.loads(file.read_text())
+    table = data["summary"]
+    panels = [("step_ratio", "step / full fine-tuning"), ("floor_step_ratio", "step / floor"),
+              ("memory_ratio", "peak memory / full"), ("floor_memory_ratio", "peak memory / floor")]  # fmt: skip
+    if any("bf16_ratio" in t for t in table):
+        panels.append(("bf16_ratio", "bf16 step / fp32 step"))
+    panels = [(key, title) for key, title in panels if any(key in t for t in table)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.9 * len(panels) + 1.5, 0.32 * len(table) + 1.4),
+                             sharey=True, squeeze=False)  # fmt: skip
+    names = [t["method"] for t in table]
+    for ax, (key, title) in zip(axes[0], panels, strict=True):
+        values = [t.get(key, 0.0) for t in table]
+        low = [v - t.get(f"{key}_range", [v, v])[0] for v, t in zip(values, table, strict=True)]
+        high = [t.get(f"{key}_range", [v, v])[1] - v for v, t in zip(values, table, strict=True)]
+        colors = ["#c44e52" if n == "floor" else "#4c72b0" for n in names]
+        ax.barh(names, values, xerr=[low, high], color=colors, capsize=2)
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.invert_yaxis()
+    meta = data.get("meta", {})
+    fig.suptitle(f"training cost, {meta.get('size')} ({meta.get('device')}, "
+                 f"{meta.get('repeats')} repeats; bars: median, lines: range)", fontsize=9)  # fmt: skip
+    return _save(fig, path)
+
+
+def serving_figure(file: Path, path: Path) -> Path:
+    """Throughput of each serving configuration relative to one merged adapter."""
+    plt = _pyplot()
+    table = json.loads(file.read_text())["summary"]
+    merged = next(t["utt_s"] for t in table if t["config"] == "merged")
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(table) + 1.2))
+    ratios = [t["ratio"] for t in table]
+    low = [r - t["min_utt_s"] / merged for r, t in zip(ratios, table, strict=True)]
+    high = [t["max_utt_s"] / merged - r for r, t in zip(ratios, table, strict=True)]
+    ax.barh([t["config"] for t in table], ratios, xerr=[low, high], color="#4c72b0", capsize=2)
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_xlabel(f"throughput / one merged adapter ({merged:.2f} utt/s)")
+    ax.invert_yaxis()
+    return _save(fig, path)
+
+
+def draw_all(results: Path, out: Path) -> list[Path]:
+    """Every figure whose JSON exists under ``results``; returns the PNGs written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for recipe in ("whisper", "asr"):
+        files = sorted(results.glob(f"quality_{recipe}_*.json"))
+        files = [f for f in files if not f.stem.endswith("_quick")]
+        if files:
+            written.append(quality_figure(files, out / f"quality_{recipe}.png"))
+    for file in sorted(results.glob("cost_*.json")):
+        written.append(cost_figure(file, out / f"{file.stem}.png"))
+    if (results / "serving.json").is_file():
+        written.append(serving_figure(results / "serving.json", out / "serving.png"))
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default="results/benchmarks", help="the benchmarks' JSON")
+    parser.add_argument("--out", default="docs/figures")
+    args = parser.parse_args()
+    written = draw_all(Path(args.results), Path(args.out))
+    if not written:
+        raise SystemExit(f"No benchmark JSON under {args.results}: run the benchmarks first.")
+    for path in written:
+        print(f"{path} ({path.stat().st_size // 1024} KB)")
+
+
+if __name__ == "__main__":
+    main()
