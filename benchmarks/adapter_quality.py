@@ -311,7 +311,9 @@ def main() -> None:
         common.append(f"--before_cache={runs / 'before.json'}")
     common += QUICK[args.recipe] if args.quick else []
     if args.validation_only:
-        common += ["--test_sets={}"] + (["--real_speech=False"] if args.recipe == "whisper" else [])
+        common += ["--test_sets=null"] + (
+            ["--real_speech=False"] if args.recipe == "whisper" else []
+        )
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     started, done = time.time(), 0
     for i, (method, rank, lr, seed) in enumerate(configs):

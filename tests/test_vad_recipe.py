@@ -201,7 +201,7 @@ def test_labels_that_do_not_fit_the_recording_are_refused(random_base, tmp_path)
         writer.writerows(rows)
     output = run_failing(
         str(TRAIN), "hparams/lora_vad.yaml", "--prepare_corpus=False", f"--data_folder={tmp_path}",
-        f"--train_csv={bad}", f"--valid_csv={bad}", "--test_sets={}", "--real_speech=False",
+        f"--train_csv={bad}", f"--valid_csv={bad}", "--test_sets=null", "--real_speech=False",
         f"--base_checkpoint={random_base}", f"--output_folder={tmp_path / 'run'}",
     )  # fmt: skip
     assert "after the recording" in output and rows[0]["ID"] in output

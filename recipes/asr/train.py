@@ -108,7 +108,7 @@ def dataio_prepare(hparams, label_encoder):
 
     train = load("train", hparams["train_csv"], train=True)
     valid = load("valid", hparams["valid_csv"], train=True)
-    tests = {name: load(name, path) for name, path in hparams["test_sets"].items()}
+    tests = {name: load(name, path) for name, path in (hparams["test_sets"] or {}).items()}
     datasets = [train, valid, *tests.values()]
     if any(report.values()):
         logger.warning("Characters the token inventory cannot write, dropped: %s", report)

@@ -201,7 +201,7 @@ def dataio_prepare(hparams):
 
     train = load(hparams["train_csv"], hparams["train_clean_csv"], train=True)
     valid = load(hparams["valid_csv"], hparams["valid_clean_csv"])
-    tests = {name: load(*pair) for name, pair in hparams["test_sets"].items()}
+    tests = {name: load(*pair) for name, pair in (hparams["test_sets"] or {}).items()}
 
     @sb.utils.data_pipeline.takes("wav", "clean_wav")
     @sb.utils.data_pipeline.provides("noisy_sig", "clean_sig")

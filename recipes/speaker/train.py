@@ -204,7 +204,7 @@ def trial_lists(hparams) -> dict[str, str]:
     are written to ``<output_folder>/trials`` by the main process.
     """
     given = dict(hparams.get("trial_lists") or {})
-    manifests = {"valid": hparams["valid_csv"], **hparams["test_sets"]}
+    manifests = {"valid": hparams["valid_csv"], **(hparams["test_sets"] or {})}
     unknown = sorted(set(given) - set(manifests))
     if unknown:
         raise ValueError(
@@ -265,7 +265,7 @@ def dataio_prepare(hparams, trials: dict[str, list]):
         return FilteredSortedDynamicItemDataset(data, sorted(named))
 
     valid = trial_set("valid", hparams["valid_csv"])
-    tests = {name: trial_set(name, path) for name, path in hparams["test_sets"].items()}
+    tests = {name: trial_set(name, path) for name, path in (hparams["test_sets"] or {}).items()}
 
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("sig")

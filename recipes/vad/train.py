@@ -168,7 +168,9 @@ def dataio_prepare(hparams, real_sets: dict[str, str]):
 
     train = load(hparams["train_csv"], train=True)
     valid = load(hparams["valid_csv"])
-    tests = {name: load(path) for name, path in {**hparams["test_sets"], **real_sets}.items()}
+    tests = {
+        name: load(path) for name, path in {**(hparams["test_sets"] or {}), **real_sets}.items()
+    }
 
     @sb.utils.data_pipeline.takes("wav", "speech")
     @sb.utils.data_pipeline.provides("sig", "labels")

@@ -124,7 +124,8 @@ def dataio_prepare(hparams, tokenizer, real_sets: dict[str, str]):
     )
     valid = load(hparams["valid_csv"], hparams["valid_utterances"], train=True)
     tests = {
-        name: load(path, hparams["test_utterances"]) for name, path in hparams["test_sets"].items()
+        name: load(path, hparams["test_utterances"])
+        for name, path in (hparams["test_sets"] or {}).items()
     }
     # Real recordings longer than the evaluation window would be cut: leave them out.
     for name, path in real_sets.items():
