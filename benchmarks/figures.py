@@ -13,7 +13,10 @@ Draws what exists, each figure a small PNG (at most 200 KB):
   to full fine-tuning and to the frozen-backward floor, with the range over
   repeats, from ``cost_<size>.json``; and the bf16/fp32 step ratio when measured;
 - ``serving.png``: throughput of mixed-adapter batches and of switching adapters
-  relative to one merged adapter, from ``serving.json``.
+  relative to one merged adapter, from ``serving.json``;
+- ``curve_<recipe>_<target>.png``: validation WER after each epoch against training
+  updates, one line per run of a multi-epoch sweep folder ``curve/quality_<recipe>_<target>/``
+  (read from the runs' ``train_log.txt``; updates per epoch from ``--updates-per-epoch``).
 
 Authors
  * speech-adapters contributors 2026
@@ -119,7 +122,42 @@ def serving_figure(file: Path, path: Path) -> Path:
     return _save(fig, path)
 
 
-def draw_all(results: Path, out: Path) -> list[Path]:
+def epoch_curve(train_log: Path) -> list[tuple[int, float]]:
+    """``(epoch, valid WER)`` of every epoch in a SpeechBrain ``train_log.txt``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> log = Path(tempfile.mkdtemp()) / "train_log.txt"
+    >>> _ = log.write_text("epoch: 1, lr: 1e-3 - train loss: 1.1 - valid loss: 1.0, valid WER: 49.17\\n"
+    ...                    "epoch: 2, lr: 9e-4 - train loss: 0.9 - valid loss: 0.9, valid WER: 44.5\\n")
+    >>> epoch_curve(log)
+    [(1, 49.17), (2, 44.5)]
+    """
+    import re
+
+    pattern = re.compile(r"^epoch: (\d+),.*valid WER: ([-+.\deE]+)", re.MULTILINE)
+    return [(int(e), float(w)) for e, w in pattern.findall(train_log.read_text())]
+
+
+def curve_figure(folder: Path, path: Path, updates_per_epoch: int) -> Path:
+    """Validation WER against training updates, one line per run folder."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for log in sorted(folder.glob("*/train_log.txt")):
+        points = epoch_curve(log)
+        if points:
+            ax.plot([e * updates_per_epoch for e, _ in points], [w for _, w in points],
+                    marker="o", label=log.parent.name)  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("training updates")
+    ax.set_ylabel("validation WER (%)")
+    ax.set_title(folder.name.replace("quality_", ""))
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def draw_all(results: Path, out: Path, updates_per_epoch: int = 50) -> list[Path]:
     """Every figure whose JSON exists under ``results``; returns the PNGs written."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -132,6 +170,10 @@ def draw_all(results: Path, out: Path) -> list[Path]:
         written.append(cost_figure(file, out / f"{file.stem}.png"))
     if (results / "serving.json").is_file():
         written.append(serving_figure(results / "serving.json", out / "serving.png"))
+    for folder in sorted((results / "curve").glob("quality_*")):
+        if any(folder.glob("*/train_log.txt")):
+            name = f"curve_{folder.name.removeprefix('quality_')}.png"
+            written.append(curve_figure(folder, out / name, updates_per_epoch))
     return written
 
 
@@ -139,8 +181,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="results/benchmarks", help="the benchmarks' JSON")
     parser.add_argument("--out", default="docs/figures")
+    parser.add_argument("--updates-per-epoch", type=int, default=50,
+                        help="of the learning-curve runs (Whisper's defaults: 400 / 8)")  # fmt: skip
     args = parser.parse_args()
-    written = draw_all(Path(args.results), Path(args.out))
+    written = draw_all(Path(args.results), Path(args.out), args.updates_per_epoch)
     if not written:
         raise SystemExit(f"No benchmark JSON under {args.results}: run the benchmarks first.")
     for path in written:

@@ -259,13 +259,19 @@ def test_figures_are_drawn_from_the_benchmark_json_and_stay_small(tmp_path):
     serving = [{"config": c, "utt_s": u, "min_utt_s": u - 0.1, "max_utt_s": u + 0.1,
                 "ratio": u / 2.0} for c, u in (("merged", 2.0), ("mixed-4", 1.6))]  # fmt: skip
     (results / "serving.json").write_text(json.dumps({"summary": serving}))
+    for name, wers in (("full", (44.0, 40.0)), ("lora_r4", (50.0, 43.0))):
+        run = results / "curve" / "quality_whisper_noisy" / name
+        run.mkdir(parents=True)
+        (run / "train_log.txt").write_text("".join(
+            f"epoch: {e}, lr: 1e-3 - train loss: 1.0 - valid loss: 1.0, valid WER: {w}\n"
+            for e, w in enumerate(wers, start=1)))  # fmt: skip
     out = tmp_path / "figures"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "figures.py"), "--results", str(results),
            "--out", str(out)]  # fmt: skip
     result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["cost_20m.png", "quality_whisper.png", "serving.png"]
+    assert pngs == ["cost_20m.png", "curve_whisper_noisy.png", "quality_whisper.png", "serving.png"]
     assert all(0 < (out / p).stat().st_size <= 200_000 for p in pngs)
     assert (out / "cost_20m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # nothing to draw is an error, not an empty success
