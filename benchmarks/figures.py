@@ -2,13 +2,15 @@
 """The README's figures, drawn from the benchmarks' JSON into ``docs/figures/``.
 
     python benchmarks/figures.py                        # results/benchmarks -> docs/figures
-    python benchmarks/figures.py --results results/benchmarks --out docs/figures
+    python benchmarks/figures.py --results results/benchmarks --out docs/figures --runs results/whisper
 
 Draws what exists, each figure a small PNG (at most 200 KB):
 
 - ``quality_<recipe>.png``: WER on each target's test set against trainable
   parameters (log scale), one panel per target, from ``quality_<recipe>_<target>.json``
-  (every configuration of the sweep, the unadapted model as a dashed line);
+  (every configuration of the sweep, the unadapted model as a dashed line); and
+  ``runs_<folder>.png``, the same from a recipe's run folders given with ``--runs``
+  (``results/whisper``: the main jobs' runs, one panel per target);
 - ``cost_<size>.png``: training step time and peak memory of each method relative
   to full fine-tuning and to the frozen-backward floor, with the range over
   repeats, from ``cost_<size>.json``; and the bf16/fp32 step ratio when measured;
@@ -49,13 +51,12 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def quality_figure(files: list[Path], path: Path) -> Path:
-    """Target-set WER against trainable parameters, one panel per quality JSON (target)."""
+def quality_figure(panels: list[tuple[str, list[dict]]], path: Path) -> Path:
+    """Target-set WER against trainable parameters, one panel per (title, run summaries)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(files), figsize=(5 * len(files), 3.6), squeeze=False)
-    for ax, file in zip(axes[0], files, strict=True):
-        data = json.loads(file.read_text())
-        runs = [r for r in data["runs"] if "target" in r.get("after", {})]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (title, rows) in zip(axes[0], panels, strict=True):
+        runs = [r for r in rows if "target" in r.get("after", {})]
         for method in sorted({r["method"] for r in runs}):
             points = sorted(
                 (r["trainable_params"], r["after"]["target"]["WER"])
@@ -72,10 +73,18 @@ def quality_figure(files: list[Path], path: Path) -> Path:
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters")
         ax.set_ylabel("target WER (%)")
-        meta = data.get("meta", {})
-        ax.set_title(f"{meta.get('recipe', '')}: {meta.get('target', file.stem)}")
+        ax.set_title(title)
         ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def recipe_panels(folder: Path) -> list[tuple[str, list[dict]]]:
+    """``(target, summaries)`` of a recipe's runs ``<folder>/<method>/<target>/summary.json``."""
+    by_target: dict[str, list[dict]] = {}
+    for path in sorted(folder.glob("*/*/summary.json")):
+        summary = json.loads(path.read_text())
+        by_target.setdefault(summary.get("target") or path.parent.name, []).append(summary)
+    return [(f"{folder.name}: {target}", rows) for target, rows in by_target.items()]
 
 
 def cost_figure(file: Path, path: Path) -> Path:
@@ -157,15 +166,27 @@ def curve_figure(folder: Path, path: Path, updates_per_epoch: int) -> Path:
     return _save(fig, path)
 
 
-def draw_all(results: Path, out: Path, updates_per_epoch: int = 50) -> list[Path]:
-    """Every figure whose JSON exists under ``results``; returns the PNGs written."""
+def draw_all(
+    results: Path, out: Path, updates_per_epoch: int = 50, runs: list[Path] | None = None
+) -> list[Path]:
+    """Every figure whose JSON exists under ``results`` (and of the recipe run folders
+    ``runs``, e.g. ``results/whisper``); returns the PNGs written."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for recipe in ("whisper", "asr"):
         files = sorted(results.glob(f"quality_{recipe}_*.json"))
-        files = [f for f in files if not f.stem.endswith("_quick")]
-        if files:
-            written.append(quality_figure(files, out / f"quality_{recipe}.png"))
+        panels = []
+        for file in files:
+            if not file.stem.endswith("_quick"):
+                data = json.loads(file.read_text())
+                meta = data.get("meta", {})
+                panels.append((f"{recipe}: {meta.get('target', file.stem)}", data["runs"]))
+        if panels:
+            written.append(quality_figure(panels, out / f"quality_{recipe}.png"))
+    for folder in runs or []:
+        panels = recipe_panels(folder)
+        if panels:
+            written.append(quality_figure(panels, out / f"runs_{folder.name}.png"))
     for file in sorted(results.glob("cost_*.json")):
         written.append(cost_figure(file, out / f"{file.stem}.png"))
     if (results / "serving.json").is_file():
@@ -183,8 +204,11 @@ def main() -> None:
     parser.add_argument("--out", default="docs/figures")
     parser.add_argument("--updates-per-epoch", type=int, default=50,
                         help="of the learning-curve runs (Whisper's defaults: 400 / 8)")  # fmt: skip
+    parser.add_argument("--runs", nargs="*", default=[],
+                        help="recipe run folders to plot too (e.g. results/whisper)")  # fmt: skip
     args = parser.parse_args()
-    written = draw_all(Path(args.results), Path(args.out), args.updates_per_epoch)
+    written = draw_all(Path(args.results), Path(args.out), args.updates_per_epoch,
+                       [Path(r) for r in args.runs])  # fmt: skip
     if not written:
         raise SystemExit(f"No benchmark JSON under {args.results}: run the benchmarks first.")
     for path in written:
