@@ -330,7 +330,11 @@ def main() -> None:
         if (folder / "summary.json").is_file() and same and not args.rerun:
             print(f"[{i + 1}/{len(configs)}] {name}: done already", flush=True)
             continue
+        # A run cut short with the same arguments resumes from its checkpoint; one made with
+        # other arguments (or of unknown origin) starts afresh.
         fresh = ["--fresh_start=True"] if folder.exists() and (args.rerun or not same) else []
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps(settings, indent=1) + "\n")
         eta = (time.time() - started) / done * (len(configs) - i) if done else float("nan")
         print(f"[{i + 1}/{len(configs)}] {name} (ETA {eta:.0f} s)", flush=True)
         hparams = ROOT / "hparams" / f"{method}_{args.recipe}.yaml"
@@ -339,8 +343,6 @@ def main() -> None:
         proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-        folder.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(json.dumps(settings, indent=1) + "\n")
         done += 1
 
     rows = gather(runs)
