@@ -278,3 +278,23 @@ def test_figures_are_drawn_from_the_benchmark_json_and_stay_small(tmp_path):
     empty = subprocess.run([*cmd[:3], str(tmp_path / "none"), *cmd[4:]], check=False,
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert empty.returncode != 0 and "No benchmark JSON" in empty.stderr
+
+
+def test_lora_overhead_profile_accounts_for_layers_and_saved_inputs(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "lora_overhead.py"), "--size", "tiny",
+           "--steps", "2", "--repeats", "2", "--frames", "200", "--out", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    data = json.loads((tmp_path / "lora_overhead_tiny.json").read_text())
+    split = data["step_split"]
+    assert set(split) == {"floor", "lora"}
+    assert all(split[m][p]["min"] <= split[m][p]["median"] <= split[m][p]["max"]
+               for m in split for p in ("forward", "backward", "optimizer"))  # fmt: skip
+    # every LoRA layer of the tiny Conformer, grouped by shape: 8 Linear layers in all
+    assert sum(row["layers"] for row in data["layers"]) == 8
+    assert all(row["floor"] > 0 and row["lora"] > 0 and row["rank_r"] > 0 for row in data["layers"])
+    # LoRA keeps more for backward than the floor, and the inputs of its layers explain most of it
+    saved = data["saved"]
+    extra = saved["lora_mib"] - saved["floor_mib"]
+    assert extra > 0 and 0.8 * extra <= saved["inputs_not_kept_mib"] <= extra + 1e-6
+    assert "LoRA − floor" in (tmp_path / "lora_overhead_tiny.md").read_text()
