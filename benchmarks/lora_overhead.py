@@ -44,7 +44,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from adapter_cost import SIZES, _base_model, _build, _workload, saved_bytes
+from adapter_cost import SIZES, WHISPER_SIZES, _base_model, _build, _workload, saved_bytes
 
 import adapters
 from adapters.lora import _FusedLoRALinear, lowrank_grads
@@ -273,9 +273,10 @@ def markdown(data: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="20m")
+    parser.add_argument("--size", choices=sorted([*SIZES, *WHISPER_SIZES]), default="20m")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--frames", type=int, default=1000)
+    parser.add_argument("--frames", type=int, default=1000, help="Conformer input frames")
+    parser.add_argument("--window", type=float, default=10.0, help="Whisper input seconds")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10, help="training steps per configuration")
     parser.add_argument("--repeats", type=int, default=20, help="calls per layer variant")
@@ -287,9 +288,9 @@ def main() -> None:
     models, saved = {}, {}
     for method in ("floor", "lora"):
         torch.manual_seed(0)
-        model, _ = _build(method, args.size, args.rank, 10.0)
+        model, _ = _build(method, args.size, args.rank, args.window)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        loss_fn, _ = _workload(model, args.size, args.batch, args.frames, 10.0)
+        loss_fn, _ = _workload(model, args.size, args.batch, args.frames, args.window)
         model.train()
         models[method] = (model, torch.optim.Adam(trainable, lr=1e-4), loss_fn)
         saved[method] = saved_bytes(loss_fn, list(model.parameters())) / 2**20
@@ -299,7 +300,7 @@ def main() -> None:
     for hook in hooks:
         hook.remove()
     floor_model, _, floor_loss = models["floor"]
-    linear = _base_model(args.size, 10.0)[1]
+    linear = _base_model(args.size, args.window)[1]
     _, missing = inputs_not_kept(floor_model, linear, floor_loss, list(floor_model.parameters()))
 
     meta = {"size": args.size, "batch": args.batch, "frames": args.frames, "rank": args.rank,
