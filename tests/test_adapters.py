@@ -10,6 +10,7 @@ from hyperpyyaml import load_hyperpyyaml
 from torch import nn
 
 from adapters import AdaptedModel, DoRA, Houlsby, LoRA, PoolLoRA, read_adapter_metadata
+from adapters.lora import _FusedLoRALinear
 from adapters.pool_lora import pool_features
 
 
@@ -399,6 +400,33 @@ def test_fused_lora_linear_matches_the_two_branch_computation(make, bias, input_
     for mine, leaf in zip(got, leaves, strict=True):
         assert torch.allclose(mine, leaf.grad, atol=1e-5)
     assert layer.base_layer.weight.grad is None
+
+
+@pytest.mark.parametrize("cls", [LoRA, PoolLoRA])
+def test_few_tokens_take_the_low_rank_branch_with_the_fused_results(cls):
+    torch.manual_seed(0)
+    layer = cls(nn.Linear(64, 96), rank=4)  # the branch is cheaper below 64 * 96 / 160 = 38.4
+    layer.lora_B.data.normal_()
+    grad = torch.randn(2, 19, 96)
+    x = torch.randn(2, 19, 64, requires_grad=True)
+    short = layer(x)  # 38 tokens: the branch, no merged weight
+    assert "Fused" not in type(short.grad_fn).__name__
+    short.backward(grad)
+    leaves = [x, layer.lora_A, layer.lora_B]
+    got = [t.grad.clone() for t in leaves]
+    for t in leaves:
+        t.grad = None
+    fused = _FusedLoRALinear.apply(x, layer.base_layer.weight, layer.base_layer.bias,
+                                   layer.lora_A, layer.lora_B, layer.scaling,
+                                   layer._down_input, layer._expand_A)  # fmt: skip
+    fused.backward(grad)
+    assert torch.allclose(short, fused, atol=1e-5)
+    for mine, leaf in zip(got, leaves, strict=True):
+        assert torch.allclose(mine, leaf.grad, atol=1e-4)
+    longer = layer(torch.randn(2, 20, 64, requires_grad=True))  # 40 tokens: fused
+    assert "Fused" in type(longer.grad_fn).__name__
+    with torch.no_grad():  # inference follows the same rule, with the same result
+        assert torch.allclose(layer(x), short, atol=1e-5)
 
 
 @pytest.mark.parametrize("bias", [True, False])
