@@ -226,6 +226,33 @@ def _workload(model, size: str, batch: int, frames: int, window: float, device: 
     return ctc, lambda: model(feats, lengths)
 
 
+def saved_storages(run, params) -> dict:
+    """The distinct storages autograd saves for backward in ``run()``, ``params`` excluded,
+    as ``{data_ptr: tensor}`` (the tensors are held, so no freed storage is reused meanwhile).
+
+    Example
+    -------
+    >>> import torch
+    >>> w = torch.ones(4, 3, requires_grad=True)
+    >>> [t.shape for t in saved_storages(lambda: torch.ones(5, 4) @ w, [w]).values()]
+    [torch.Size([5, 4])]
+    """
+    import torch
+
+    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+    saved: dict = {}
+
+    def pack(tensor):
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr not in param_ptrs:
+            saved.setdefault(ptr, tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return saved
+
+
 def saved_bytes(run, params) -> int:
     """Bytes of the distinct tensors autograd saves for backward in ``run()``, ``params`` excluded.
 
@@ -236,20 +263,7 @@ def saved_bytes(run, params) -> int:
     >>> saved_bytes(lambda: torch.ones(5, 4) @ w, [w])  # the 5 x 4 input, float32
     80
     """
-    import torch
-
-    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
-    storages: dict[int, int] = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in param_ptrs:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run()
-    return sum(storages.values())
+    return sum(t.untyped_storage().nbytes() for t in saved_storages(run, params).values())
 
 
 def worker(

@@ -44,7 +44,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from adapter_cost import SIZES, WHISPER_SIZES, _base_model, _build, _workload, saved_bytes
+from adapter_cost import (
+    SIZES,
+    WHISPER_SIZES,
+    _base_model,
+    _build,
+    _workload,
+    saved_bytes,
+    saved_storages,
+)
 
 import adapters
 from adapters.lora import _FusedLoRALinear, lowrank_grads
@@ -182,8 +190,8 @@ def layer_costs(shapes: Counter, rank: int, repeats: int) -> list[dict]:
     return rows
 
 
-def inputs_not_kept(model, linear: list[str], loss_fn, params) -> tuple[int, int]:
-    """Bytes autograd saves, and bytes of the adapted layers' inputs it does not save."""
+def inputs_not_kept(model, linear: list[str], loss_fn, params) -> int:
+    """Bytes of the adapted layers' inputs that autograd does not save for backward."""
     inputs: dict[int, torch.Tensor] = {}
     hooks = [
         model.get_submodule(name).register_forward_pre_hook(
@@ -191,22 +199,10 @@ def inputs_not_kept(model, linear: list[str], loss_fn, params) -> tuple[int, int
         )
         for name in linear
     ]
-    saved: dict[int, torch.Tensor] = {}
-    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
-
-    def pack(tensor):
-        ptr = tensor.untyped_storage().data_ptr()
-        if ptr not in param_ptrs:
-            saved.setdefault(ptr, tensor)  # held, so no freed storage is reused meanwhile
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss_fn()
+    saved = saved_storages(loss_fn, params)
     for hook in hooks:
         hook.remove()
-    total = sum(t.untyped_storage().nbytes() for t in saved.values())
-    missing = sum(t.untyped_storage().nbytes() for p, t in inputs.items() if p not in saved)
-    return total, missing
+    return sum(t.untyped_storage().nbytes() for p, t in inputs.items() if p not in saved)
 
 
 def markdown(data: dict) -> str:
@@ -301,7 +297,7 @@ def main() -> None:
         hook.remove()
     floor_model, _, floor_loss = models["floor"]
     linear = _base_model(args.size, args.window)[1]
-    _, missing = inputs_not_kept(floor_model, linear, floor_loss, list(floor_model.parameters()))
+    missing = inputs_not_kept(floor_model, linear, floor_loss, list(floor_model.parameters()))
 
     meta = {"size": args.size, "batch": args.batch, "frames": args.frames, "rank": args.rank,
             "steps": args.steps, "repeats": args.repeats, "threads": args.threads}  # fmt: skip
