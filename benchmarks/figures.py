@@ -14,6 +14,8 @@ Draws what exists, each figure a small PNG (at most 200 KB):
 - ``cost_<size>.png``: training step time and peak memory of each method relative
   to full fine-tuning and to the frozen-backward floor, with the range over
   repeats, from ``cost_<size>.json``; and the bf16/fp32 step ratio when measured;
+  a run written to a sub-folder (``<folder>/cost_<size>.json``) gives
+  ``cost_<size>_<folder>.png``;
 - ``serving.png``: throughput of mixed-adapter batches and of switching adapters
   relative to one merged adapter, from ``serving.json``;
 - ``curve_<recipe>_<target>.png``: validation WER after each epoch against training
@@ -189,6 +191,8 @@ def draw_all(
             written.append(quality_figure(panels, out / f"runs_{folder.name}.png"))
     for file in sorted(results.glob("cost_*.json")):
         written.append(cost_figure(file, out / f"{file.stem}.png"))
+    for file in sorted(results.glob("*/cost_*.json")):  # runs kept apart, e.g. --out .../bf16
+        written.append(cost_figure(file, out / f"{file.stem}_{file.parent.name}.png"))
     if (results / "serving.json").is_file():
         written.append(serving_figure(results / "serving.json", out / "serving.png"))
     for folder in sorted((results / "curve").glob("quality_*")):

@@ -248,6 +248,8 @@ def test_figures_are_drawn_from_the_benchmark_json_and_stay_small(tmp_path):
     table = adapter_cost.summarise(rows, ["full", "floor", "lora"])
     meta = {"size": "20m", "device": "cpu", "repeats": 3}
     (results / "cost_20m.json").write_text(json.dumps({"meta": meta, "summary": table}))
+    (results / "bf16").mkdir()  # a run kept in a folder of its own
+    (results / "bf16" / "cost_20m.json").write_text(json.dumps({"meta": meta, "summary": table}))
     for target in ("noisy", "voices"):
         runs = [
             {"method": m, "trainable_params": p, "after": {"target": {"WER": w}},
@@ -271,7 +273,13 @@ def test_figures_are_drawn_from_the_benchmark_json_and_stay_small(tmp_path):
     result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["cost_20m.png", "curve_whisper_noisy.png", "quality_whisper.png", "serving.png"]
+    assert pngs == [
+        "cost_20m.png",
+        "cost_20m_bf16.png",
+        "curve_whisper_noisy.png",
+        "quality_whisper.png",
+        "serving.png",
+    ]
     assert all(0 < (out / p).stat().st_size <= 200_000 for p in pngs)
     assert (out / "cost_20m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # nothing to draw is an error, not an empty success
