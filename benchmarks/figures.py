@@ -189,10 +189,10 @@ def draw_all(
         panels = recipe_panels(folder)
         if panels:
             written.append(quality_figure(panels, out / f"runs_{folder.name}.png"))
-    for file in sorted(results.glob("cost_*.json")):
-        written.append(cost_figure(file, out / f"{file.stem}.png"))
-    for file in sorted(results.glob("*/cost_*.json")):  # runs kept apart, e.g. --out .../bf16
-        written.append(cost_figure(file, out / f"{file.stem}_{file.parent.name}.png"))
+    for file in sorted([*results.glob("cost_*.json"), *results.glob("*/cost_*.json")]):
+        kept_apart = file.parent != results  # e.g. --out results/benchmarks/bf16
+        name = f"{file.stem}_{file.parent.name}" if kept_apart else file.stem
+        written.append(cost_figure(file, out / f"{name}.png"))
     if (results / "serving.json").is_file():
         written.append(serving_figure(results / "serving.json", out / "serving.png"))
     for folder in sorted((results / "curve").glob("quality_*")):

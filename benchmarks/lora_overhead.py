@@ -47,7 +47,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from adapter_cost import (
     SIZES,
     WHISPER_SIZES,
-    _base_model,
     _build,
     _workload,
     saved_bytes,
@@ -296,7 +295,7 @@ def main() -> None:
     for hook in hooks:
         hook.remove()
     floor_model, _, floor_loss = models["floor"]
-    linear = _base_model(args.size, args.window)[1]
+    linear = models["lora"][0].adapted_layers  # the floor trains exactly these layers' biases
     missing = inputs_not_kept(floor_model, linear, floor_loss, list(floor_model.parameters()))
 
     meta = {"size": args.size, "batch": args.batch, "frames": args.frames, "rank": args.rank,
