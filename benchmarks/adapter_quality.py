@@ -49,8 +49,8 @@ RECIPES = {
     "whisper": ROOT / "recipes" / "whisper" / "train.py",
     "asr": ROOT / "recipes" / "asr" / "train.py",
 }
-METHODS = ("full", "lora", "poollora", "dora", "houlsby", "peft")
-RANKED = {"lora", "poollora", "dora", "peft"}  # methods with a rank (and alpha = 2 x rank)
+METHODS = ("full", "lora", "lora_attention", "poollora", "dora", "houlsby", "peft")
+RANKED = {"lora", "lora_attention", "poollora", "dora", "peft"}  # rank, and alpha = 2 x rank
 QUICK = {
     "whisper": ["--train_utterances=48", "--valid_utterances=8", "--test_utterances=24",
                 "--max_asterisk=12", "--batch_size=8"],
@@ -294,6 +294,12 @@ def main() -> None:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise SystemExit(f"Unknown methods {unknown}; choose from {', '.join(METHODS)}.")
+    no_yaml = [m for m in methods if not (ROOT / "hparams" / f"{m}_{args.recipe}.yaml").is_file()]
+    if no_yaml:
+        raise SystemExit(
+            f"The {args.recipe} recipe has no YAML for {', '.join(no_yaml)} (looked for "
+            f"hparams/<method>_{args.recipe}.yaml); drop it from --methods."
+        )
 
     def numbers(text: str, kind=float) -> list:
         return [kind(x) for x in text.split(",") if x]

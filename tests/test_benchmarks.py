@@ -154,6 +154,17 @@ def test_quality_sweep_runs_each_configuration_and_plots(tmp_path):
     assert logged_lr("lora_r2_lr0.002") == pytest.approx(2 * logged_lr("lora_r2_lr0.001"), rel=1e-2)
 
 
+def test_quality_sweep_refuses_a_method_the_recipe_has_no_yaml_for(tmp_path):
+    """Attention-only LoRA has a Conformer YAML but no Whisper one: refused before any run."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "adapter_quality.py"), "--recipe", "whisper",
+           "--methods", "full,lora_attention", "--out", str(tmp_path / "out")]  # fmt: skip
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "no YAML for lora_attention" in result.stderr
+    assert "hparams/<method>_whisper.yaml" in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing was run or written
+
+
 def test_gpu_rows_report_cuda_memory_ratios():
     rows = [
         {"method": "full", "trainable": 10, "total": 10, "step_s": 1.0, "peak_rss_mib": 900.0,
