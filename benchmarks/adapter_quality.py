@@ -61,6 +61,11 @@ QUICK = {
 Config = tuple[str, "int | None", "float | None", "int | None"]  # method, rank, lr, seed
 
 
+def hparams_file(method: str, recipe: str) -> Path:
+    """The YAML a method runs with in a recipe, e.g. ``hparams/lora_asr.yaml``."""
+    return ROOT / "hparams" / f"{method}_{recipe}.yaml"
+
+
 def configurations(
     methods: list[str],
     ranks: list[int],
@@ -294,7 +299,7 @@ def main() -> None:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise SystemExit(f"Unknown methods {unknown}; choose from {', '.join(METHODS)}.")
-    no_yaml = [m for m in methods if not (ROOT / "hparams" / f"{m}_{args.recipe}.yaml").is_file()]
+    no_yaml = [m for m in methods if not hparams_file(m, args.recipe).is_file()]
     if no_yaml:
         raise SystemExit(
             f"The {args.recipe} recipe has no YAML for {', '.join(no_yaml)} (looked for "
@@ -343,8 +348,8 @@ def main() -> None:
         stamp.write_text(json.dumps(settings, indent=1) + "\n")
         eta = (time.time() - started) / done * (len(configs) - i) if done else float("nan")
         print(f"[{i + 1}/{len(configs)}] {name} (ETA {eta:.0f} s)", flush=True)
-        hparams = ROOT / "hparams" / f"{method}_{args.recipe}.yaml"
-        cmd = [sys.executable, str(RECIPES[args.recipe]), str(hparams), *arguments, *fresh,
+        cmd = [sys.executable, str(RECIPES[args.recipe]), str(hparams_file(method, args.recipe)),
+               *arguments, *fresh,
                f"--output_folder={folder}"]  # fmt: skip
         proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True)
         if proc.returncode:
