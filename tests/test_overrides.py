@@ -51,3 +51,31 @@ def test_every_run_sh_example_of_the_readme_applies_to_both_runs():
         for yaml, other in ((lora, full), (full, lora)):
             kept, left_out = arguments_for(yaml, argv, [other])
             assert len(kept) + 2 * len(left_out) == len(argv)  # every --key value placed
+
+
+RANKED = sorted(
+    p.name
+    for p in (ROOT / "hparams").glob("*.yaml")
+    if re.search(r"^alpha:", p.read_text(), re.MULTILINE)
+)
+
+
+@pytest.mark.parametrize("yaml", RANKED)
+def test_a_rank_override_keeps_the_scale_unless_alpha_is_given(yaml):
+    """``--rank 16`` keeps ``alpha / rank`` at the YAML's value (the rule the sweeps used);
+    ``--alpha`` given too sets it apart."""
+    text = (ROOT / "hparams" / yaml).read_text()
+    from hyperpyyaml import resolve_references
+
+    def resolved(overrides):
+        return resolve_references(text, overrides).getvalue()
+
+    def value(resolved_text, key):
+        return float(re.search(rf"^{key}: *([0-9.]+)", resolved_text, re.MULTILINE).group(1))
+
+    default = resolved({})
+    scale = value(default, "alpha") / value(default, "rank")
+    assert scale == 2.0
+    sixteen = resolved({"rank": 16})
+    assert value(sixteen, "alpha") == 16 * scale
+    assert value(resolved({"rank": 16, "alpha": 8}), "alpha") == 8
