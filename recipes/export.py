@@ -17,6 +17,11 @@
 The run's own ``adapter.safetensors`` (with the base's fingerprint) stays the default
 format; a PEFT folder loads back with :func:`recipes.whisper.export.load_peft`.
 
+Nothing is destroyed: the folder is built in a temporary sibling and swapped in; an
+output folder holding files this command did not write is refused unless
+``--overwrite`` is given, and one inside (or around) the run folder or the base model's
+folder is always refused.
+
 Authors
  * speech-adapters contributors 2026
 """
@@ -27,6 +32,7 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,6 +43,7 @@ from recipes.inference import (
     load_inference,
     whisper_inference_folder,
 )
+from recipes.io import check_target
 from recipes.overrides import yaml_keys
 from recipes.transcribe import adapted_model_of
 
@@ -52,8 +59,11 @@ def _template_values(asr, template: Path) -> dict:
     }
 
 
-def export_speechbrain(asr, output: Path) -> Path:
-    """A merged pretrained folder: ``model.ckpt`` holds the plain weights, no adapters."""
+def export_speechbrain(asr, output: Path, **target: Any) -> Path:
+    """A merged pretrained folder: ``model.ckpt`` holds the plain weights, no adapters.
+
+    ``target``: ``sources`` and ``overwrite``, as :func:`recipes.io.replace_folder` takes them.
+    """
     adapted = adapted_model_of(asr)
     whisper = getattr(asr.hparams, "whisper", None)
     plain = adapted.export_plain() if adapted is not None else (whisper or asr.hparams.model)
@@ -63,16 +73,41 @@ def export_speechbrain(asr, output: Path) -> Path:
         files = {"model.ckpt": weights}
         if whisper is not None:
             values = _template_values(asr, ROOT / "hparams" / "inference" / "whisper.yaml")
-            return whisper_inference_folder(output, values, None, files)
+            return whisper_inference_folder(output, values, None, files, **target)
         values = _template_values(asr, ROOT / "hparams" / "inference" / "ctc.yaml")
         values.pop("base_checkpoint", None)
-        return ctc_inference_folder(output, values, None, files)
+        return ctc_inference_folder(output, values, None, files, **target)
 
 
-def export(run: str | Path, to: str, output: str | Path) -> Path:
-    """Export the run (or inference) folder ``run`` in format ``to`` into ``output``."""
+def export_sources(run: Path, inference: Path, asr: Any) -> list[Path]:
+    """Folders an export of ``run`` is made from: the run folder, its inference folder and
+    the base model's local folder. An output inside or around one of them is refused."""
+    sources = [run, inference]
+    if inference.name == "inference" and (inference.parent / "summary.json").is_file():
+        sources.append(inference.parent)  # an inference folder given: its run too
+    base = getattr(asr.hparams, "base_source", None)
+    if isinstance(base, str) and Path(base).is_dir():
+        sources.append(Path(base))
+    return sources
+
+
+def export(run: str | Path, to: str, output: str | Path, overwrite: bool = False) -> Path:
+    """Export the run (or inference) folder ``run`` in format ``to`` into ``output``.
+
+    ``output`` is refused when it holds files this project did not write (unless
+    ``overwrite``) and whenever it is inside or around the run or the base model.
+    """
     folder = Path(run)
     inference = folder / "inference" if (folder / "inference").is_dir() else folder
+    run_marks = ("save", "summary.json", "train_log.txt")
+    if not (inference / "hyperparams.yaml").is_file() and any(
+        (folder / m).exists() for m in run_marks
+    ):
+        raise FileNotFoundError(
+            f"{run} is a run folder without an inference folder: the run has not finished (the "
+            "inference folder is written at its end) or it only evaluated (evaluate_only). "
+            "Rerun its training command to resume and finish it, then export."
+        )
     is_whisper = interface_class(inference).__name__ == "WhisperASR"
     if to != "speechbrain" and not is_whisper:
         raise ValueError(
@@ -81,16 +116,18 @@ def export(run: str | Path, to: str, output: str | Path) -> Path:
         )
     asr = load_inference(inference)
     output = Path(output)
+    target = {"sources": export_sources(folder, inference, asr), "overwrite": overwrite}
+    check_target(output, **target)  # before any work
     if to == "speechbrain":
-        return export_speechbrain(asr, output)
+        return export_speechbrain(asr, output, **target)
     from recipes.whisper.export import export_transformers, save_peft
 
     whisper, adapted = asr.hparams.whisper, adapted_model_of(asr)
     if to == "transformers":
-        return export_transformers(whisper, adapted, asr.hparams.base_source, output)
+        return export_transformers(whisper, adapted, asr.hparams.base_source, output, **target)
     if adapted is None:
         raise ValueError(f"--to peft exports adapters; {run} is a full fine-tuning run.")
-    return save_peft(adapted, output, base_model_name_or_path=asr.hparams.base_source)
+    return save_peft(adapted, output, base_model_name_or_path=asr.hparams.base_source, **target)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,10 +136,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("run", help="a run's output folder (or its inference/ folder)")
     parser.add_argument("--to", choices=FORMATS, required=True)
-    parser.add_argument("output", help="folder to write (replaced if it exists)")
+    parser.add_argument(
+        "output",
+        help="folder to write (new, empty, or an earlier export; anything else needs --overwrite)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUTPUT even if it holds files this command did not write",
+    )
     args = parser.parse_args(argv)
     try:
-        path = export(args.run, args.to, args.output)
+        path = export(args.run, args.to, args.output, overwrite=args.overwrite)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

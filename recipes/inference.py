@@ -20,10 +20,13 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from recipes.io import replace_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERFACES = {
@@ -91,22 +94,23 @@ def write_inference_folder(
     values: dict[str, Any],
     tail: str,
     files: dict[str, str | os.PathLike],
+    sources: Iterable[str | os.PathLike] = (),
+    overwrite: bool = False,
 ) -> Path:
     """Write ``hyperparams.yaml`` (``template`` with ``values``, then ``tail``) and link
     ``files`` (``{name in the folder: path}``) into ``folder``; return the folder.
 
-    Written under a temporary name and renamed: a crash leaves the old folder or none.
+    Through :func:`recipes.io.replace_folder`: built in a temporary sibling and swapped
+    in (a crash leaves the old folder or the new one), and a ``folder`` holding files
+    this project did not write, or inside/around one of ``sources``, is refused unless
+    ``overwrite``.
     """
     folder = Path(folder)
     text = fill_template(Path(template).read_text(), values)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / "hyperparams.yaml").write_text(text + "\n" + tail)
-    for name, path in files.items():
-        link_or_copy(path, tmp / name)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    with replace_folder(folder, sources, overwrite) as tmp:
+        (tmp / "hyperparams.yaml").write_text(text + "\n" + tail)
+        for name, path in files.items():
+            link_or_copy(path, tmp / name)
     return folder
 
 
@@ -179,9 +183,11 @@ def whisper_inference_folder(
     values: dict[str, Any],
     adapted: torch.nn.Module | None,
     files: dict[str, str | os.PathLike],
+    **target: Any,
 ) -> Path:
     """A ``WhisperASR`` inference folder: the base (``values["base_source"]``) with
-    ``adapter.ckpt`` (``adapted`` given) or with the full weights in ``model.ckpt``."""
+    ``adapter.ckpt`` (``adapted`` given) or with the full weights in ``model.ckpt``.
+    ``target``: ``sources`` and ``overwrite``, as :func:`write_inference_folder` takes them."""
     if adapted is not None:
         tail = adapter_block(adapted, "whisper")
         tail += "modules:\n    whisper: !ref <adapted_model>\n    decoder: !ref <decoder>\n"
@@ -190,7 +196,7 @@ def whisper_inference_folder(
         tail = "modules:\n    whisper: !ref <whisper>\n    decoder: !ref <decoder>\n"
         tail += pretrainer_block({"model": "whisper"}, {}, ["model"])
     template = ROOT / "hparams" / "inference" / "whisper.yaml"
-    return write_inference_folder(folder, template, values, tail, files)
+    return write_inference_folder(folder, template, values, tail, files, **target)
 
 
 def ctc_inference_folder(
@@ -198,9 +204,11 @@ def ctc_inference_folder(
     values: dict[str, Any],
     adapted: torch.nn.Module | None,
     files: dict[str, str | os.PathLike],
+    **target: Any,
 ) -> Path:
     """An ``EncoderASR`` inference folder: the base (``values["base_checkpoint"]``) with
-    ``adapter.ckpt`` (``adapted`` given) or the full weights in ``model.ckpt``."""
+    ``adapter.ckpt`` (``adapted`` given) or the full weights in ``model.ckpt``.
+    ``target``: ``sources`` and ``overwrite``, as :func:`write_inference_folder` takes them."""
     features = (
         "encoder: !new:recipes.asr.model.WaveformCTC\n"
         "    features: !new:speechbrain.lobes.features.Fbank\n"
@@ -218,4 +226,4 @@ def ctc_inference_folder(
     else:
         tail = features + pretrainer_block({"model": "model"}, {}, ["model"])
     template = ROOT / "hparams" / "inference" / "ctc.yaml"
-    return write_inference_folder(folder, template, values, tail, files)
+    return write_inference_folder(folder, template, values, tail, files, **target)

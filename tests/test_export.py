@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from adapters import AdaptedModel, DoRA, Houlsby, LoRA, PoolLoRA, peft_adapter
+from recipes.io import TargetError
 from recipes.whisper import convert
 from recipes.whisper.export import (
     ExportError,
@@ -155,9 +156,12 @@ def test_export_refuses_a_whisper_with_adapters_but_no_adapted_model(tiny, tmp_p
         export_transformers(tiny["whisper"], adapted, tiny["folder"], tmp_path / "out")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
-    with pytest.raises(FileExistsError, match="overwrite=True"):
+    with pytest.raises(TargetError, match="overwrite=True"):
         export_transformers(whisper, adapted, tiny["folder"], tmp_path / "full")
     assert not (tmp_path / "out").exists()
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["x"]  # nothing lost
+    with pytest.raises(TargetError, match="made from"):  # into the base model's folder
+        export_transformers(whisper, adapted, tiny["folder"], Path(tiny["folder"]) / "merged")
 
 
 @pytest.fixture(scope="module")

@@ -331,3 +331,43 @@ def test_export_command_writes_each_format_of_a_whisper_run(runs, tmp_path):
     assert json.loads((peft / "adapter_config.json").read_text())["r"] == 4
     with pytest.raises(ValueError, match="full fine-tuning run"):
         export(runs["tmp"] / "full", "peft", tmp_path / "no")
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_export_never_destroys_a_folder(runs, tmp_path, capsys):
+    """A folder with a user's files, the run folder itself, or a folder inside it: refused
+    with a clear error (exit 2) and left as it was; ``--overwrite`` replaces a user's folder;
+    an earlier export is replaced without it."""
+    from recipes.export import main
+
+    lora = runs["tmp"] / "lora"
+    mine = tmp_path / "mine"
+    (mine / "other_model").mkdir(parents=True)
+    (mine / "notes.txt").write_text("my notes")
+    (mine / "other_model" / "model.ckpt").write_bytes(b"another model")
+    run_before, mine_before = _files(lora), _files(mine)
+    for to in ("speechbrain", "transformers", "peft"):
+        assert main([str(lora), "--to", to, str(mine)]) == 2
+        assert "--overwrite" in capsys.readouterr().err
+    for target in (lora, lora / "inference", lora / "exported", runs["source"]):
+        assert main([str(lora), "--to", "speechbrain", str(target), "--overwrite"]) == 2
+        assert "the folder it is made from" in capsys.readouterr().err
+    assert main([str(lora / "inference"), "--to", "speechbrain", str(lora)]) == 2
+    assert _files(lora) == run_before and _files(mine) == mine_before
+
+    assert main([str(lora), "--to", "speechbrain", str(mine), "--overwrite"]) == 0
+    assert not (mine / "notes.txt").exists() and (mine / "model.ckpt").is_file()
+    assert main([str(lora), "--to", "speechbrain", str(mine)]) == 0  # its own export: replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no temporary left
+
+
+def test_export_of_an_unfinished_run_says_to_finish_it(runs, tmp_path, capsys):
+    from recipes.export import main
+
+    unfinished = tmp_path / "run"
+    (unfinished / "save").mkdir(parents=True)
+    assert main([str(unfinished), "--to", "speechbrain", str(tmp_path / "out")]) == 2
+    assert "has not finished" in capsys.readouterr().err

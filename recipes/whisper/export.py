@@ -29,9 +29,8 @@ import logging
 import math
 import os
 import re
-import shutil
-import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 
 from adapters.base import Adapter
+from recipes.io import check_target, replace_folder
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +214,7 @@ def export_transformers(
     output_folder: str | os.PathLike,
     max_new_tokens: int | None = None,
     overwrite: bool = False,
+    sources: Iterable[str | os.PathLike] = (),
 ) -> Path:
     """Write a Whisper run as a plain transformers ``WhisperForConditionalGeneration`` folder.
 
@@ -228,12 +229,16 @@ def export_transformers(
         Local folder the tokenizer and feature extractor are copied from (the
         run's ``whisper_source`` folder); its ``alignment_heads`` are kept.
     output_folder : str or PathLike
-        Folder to write; written under a temporary name, then moved in place.
+        Folder to write; built in a temporary sibling, then swapped in
+        (:func:`recipes.io.replace_folder`).
     max_new_tokens : int, optional
         Generation cap written to the generation config (e.g. 150 for the
         recipe's ``max_decode_ratio: 0.1`` of a 30 s window).
     overwrite : bool
-        Replace an existing ``output_folder``.
+        Replace an ``output_folder`` that holds files this project did not write.
+    sources : iterable of str or PathLike
+        Folders the export is made from: an ``output_folder`` equal to, inside or
+        around one of them is refused (``tokenizer_source_folder`` is always one).
 
     Returns
     -------
@@ -253,11 +258,7 @@ def export_transformers(
             f"Tokenizer source folder {source} does not exist: pass the local transformers folder "
             "the run's Whisper was loaded from (its tokenizer and preprocessor files are copied)."
         )
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{output} exists and is not empty: choose another output folder, or pass "
-            "overwrite=True to replace it."
-        )
+    check_target(output, [source, *sources], overwrite, option="overwrite=True")
     if adapted_model is not None:
         if adapted_model.adapted_model is not whisper:
             raise ExportError(
@@ -293,18 +294,10 @@ def export_transformers(
             generation.alignment_heads = heads
     hf_model.generation_config = generation
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=output.parent))
-    try:
+    with replace_folder(output, [source, *sources], overwrite, option="overwrite=True") as tmp:
         hf_model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         WhisperFeatureExtractor.from_pretrained(source).save_pretrained(tmp)
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return output
 
 
@@ -388,6 +381,8 @@ def save_peft(
     adapted_model: nn.Module,
     folder: str | os.PathLike,
     base_model_name_or_path: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    sources: Iterable[str | os.PathLike] = (),
 ) -> Path:
     """Write the LoRA adapters of ``adapted_model`` as a PEFT LoRA folder.
 
@@ -402,9 +397,15 @@ def save_peft(
     adapted_model : adapters.AdaptedModel
         A model adapted with ``adapters.LoRA`` on ``nn.Linear`` layers.
     folder : str or PathLike
-        Output folder (created): ``adapter_config.json``, ``adapter_model.safetensors``.
+        Output folder: ``adapter_config.json``, ``adapter_model.safetensors``; built
+        in a temporary sibling and swapped in (:func:`recipes.io.replace_folder`).
     base_model_name_or_path : str, optional
         Recorded in the config, e.g. the base model's folder or hub id.
+    overwrite : bool
+        Replace a ``folder`` that holds files this project did not write.
+    sources : iterable of str or PathLike
+        Folders the adapter comes from: a ``folder`` equal to, inside or around
+        one of them is refused.
 
     Returns
     -------
@@ -459,12 +460,11 @@ def save_peft(
         base_model_name_or_path=base_model_name_or_path and str(base_model_name_or_path),
         inference_mode=True,
     )
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(str(folder))
     tensors = {k: v.to("cpu", copy=True).contiguous() for k, v in tensors.items()}
-    save_file(tensors, str(folder / PEFT_WEIGHTS), metadata={"format": "pt"})
-    return folder
+    with replace_folder(folder, sources, overwrite, option="overwrite=True") as tmp:
+        config.save_pretrained(str(tmp))
+        save_file(tensors, str(tmp / PEFT_WEIGHTS), metadata={"format": "pt"})
+    return Path(folder)
 
 
 def _peft_layer_setting(patterns: dict[str, Any], default: Any, name: str) -> Any:
