@@ -1,9 +1,15 @@
 """Adapter-only files: safetensors tensors with JSON metadata and a base fingerprint.
 
-A file holds only what was trained. Its metadata records how the adapter was
-built and a fingerprint of the frozen base (parameter names, shapes, dtypes and
-a SHA-256 of their values), so that loading onto another base model is refused
-instead of silently producing garbage.
+A file holds only what was trained, and says how to apply it. Its metadata
+records the adapter kind and the format version, the settings as given and as
+applied (rank, alpha, the scaling rule and each layer's scaling), the adapted
+and unfrozen layers, each tensor's name, dtype and shape, a SHA-256 checksum of
+the tensors, and a fingerprint of the frozen base (parameter names, shapes,
+dtypes and a SHA-256 of their values). Loading refuses, naming what differs:
+another base model, other settings (a file trained at ``alpha: 8`` is never
+applied at ``alpha: 16``), a damaged file (checksum) and non-finite tensors.
+Files of the first format version (no checksum, no applied settings) still load,
+with a warning that they are unchecked.
 
 Authors
  * speech-adapters contributors 2026
@@ -13,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,8 +34,12 @@ from torch import nn
 from adapters.base import Adapter
 from adapters.selection import within
 
-FORMAT = "speech-adapters/1"
+FORMAT = "speech-adapters/2"
+_FIRST_FORMAT = "speech-adapters/1"
 _META_KEY = "speech_adapters"
+#: Constructor arguments that shape training only: an adapter trained with other values
+#: is applied the same way, so a file is not refused for them.
+TRAINING_ONLY = frozenset({"init", "dropout"})
 
 
 def base_fingerprint(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -84,11 +96,69 @@ def save_adapter_file(
             f"Refusing to write {path}: the adapter holds non-finite values in {bad[:5]} "
             f"({len(bad)} tensors). Training diverged; lower the learning rate and check the data."
         )
-    header = {"format": FORMAT, **meta, "base": base_fingerprint(base_state)}
     data = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    header = {
+        "format": FORMAT,
+        **meta,
+        "tensors": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in data.items()},
+        "checksum": tensors_checksum(data),
+        "base": base_fingerprint(base_state),
+    }
     tmp = f"{os.fspath(path)}.tmp"
     save_file(data, tmp, metadata={_META_KEY: json.dumps(header, default=repr)})
     os.replace(tmp, path)
+
+
+def tensors_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of a set of tensors: names, shapes, dtypes and bytes.
+
+    Example
+    -------
+    >>> a = tensors_checksum({"w": torch.zeros(2)})
+    >>> a == tensors_checksum({"w": torch.zeros(2)}), a == tensors_checksum({"w": torch.ones(2)})
+    (True, False)
+    """
+    return base_fingerprint(tensors)["values"]
+
+
+def settings_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """How the settings a file records differ from a model's: ``"<setting>: the file has
+    <value>, this model <value>"`` per difference (adapter kind, applied settings, each
+    layer's scaling, adapted and unfrozen layers).
+
+    Example
+    -------
+    >>> file = {"adapter_class": "LoRA", "settings": {"rank": 4, "alpha": 8.0},
+    ...         "scaling": {"fc": 2.0}}
+    >>> model = {"adapter_class": "LoRA", "settings": {"rank": 4, "alpha": 16.0},
+    ...          "scaling": {"fc": 4.0}}
+    >>> settings_mismatch(file, model)
+    ['alpha: the file has 8.0, this model 16.0', 'scaling of fc: the file has 2.0, this model 4.0']
+    """
+    problems = []
+
+    def differ(name: str, a: Any, b: Any) -> None:
+        same = (
+            math.isclose(a, b, rel_tol=1e-6)
+            if isinstance(a, float) or isinstance(b, float)
+            else a == b
+        )
+        if not same:
+            problems.append(f"{name}: the file has {a}, this model {b}")
+
+    differ("adapter kind", saved.get("adapter_class"), current.get("adapter_class"))
+    mine, theirs = saved.get("settings", {}), current.get("settings", {})
+    for key in sorted(set(mine) & set(theirs) - TRAINING_ONLY):
+        differ(key, mine[key], theirs[key])
+    mine, theirs = saved.get("scaling", {}), current.get("scaling", {})
+    for layer in sorted(set(mine) & set(theirs)):
+        differ(f"scaling of {layer}", mine[layer], theirs[layer])
+    for key in ("adapted_layers", "unfrozen_layers"):
+        if key in saved and key in current and sorted(saved[key]) != sorted(current[key]):
+            gone = sorted(set(saved[key]) - set(current[key]))
+            new = sorted(set(current[key]) - set(saved[key]))
+            problems.append(f"{key}: only in the file {gone[:3]}, only in this model {new[:3]}")
+    return problems
 
 
 def read_adapter_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -109,11 +179,15 @@ def load_adapter_file(
     path: str | os.PathLike,
     base_state: Mapping[str, torch.Tensor],
     expected: Mapping[str, torch.Tensor],
+    settings: Mapping[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Read an adapter file after checking it belongs to this base and layout.
+    """Read an adapter file after checking it belongs to this base, these settings and
+    this layout, and that its tensors are intact and finite.
 
     ``base_state`` holds the frozen tensors of the model it is loaded into,
-    ``expected`` its adapter state (names and shapes the file must provide).
+    ``expected`` its adapter state (names and shapes the file must provide),
+    ``settings`` its adapter metadata (as :meth:`AdapterCheckpoints.adapter_metadata`
+    gives it), compared with the file's by :func:`settings_mismatch`.
     Returns the tensors, for ``load_state_dict(..., strict=False)``.
     """
     meta = read_adapter_metadata(path)
@@ -131,8 +205,36 @@ def load_adapter_file(
             "(fingerprints differ). Load the pretrained checkpoint the adapter was trained on "
             "before loading the adapter."
         )
+    checked = meta.get("format") != _FIRST_FORMAT
+    if not checked:
+        warnings.warn(
+            f"{path} was written before adapter files carried their applied settings and a "
+            "checksum: its scale (alpha) and integrity are unchecked. Save it again with "
+            "save_adapter() to make it checkable.",
+            stacklevel=3,
+        )
+    problems = settings_mismatch(meta, settings or {}) if checked else []
+    if problems:
+        raise ValueError(
+            f"{path} was trained with other adapter settings than this model's: "
+            + "; ".join(problems[:5])
+            + ". Build the AdaptedModel with the settings the file records (read them with "
+            "adapters.read_adapter_metadata), e.g. adapter_kwargs "
+            f"{meta.get('adapter_kwargs')}; applying it otherwise gives wrong outputs."
+        )
     with safe_open(os.fspath(path), framework="pt") as handle:
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is no dict)
+    if checked and tensors_checksum(tensors) != meta.get("checksum"):
+        raise ValueError(
+            f"{path} is damaged: its tensors do not match the checksum recorded when it was "
+            "written (a changed byte, or an edited file). Use the run's own copy, or train again."
+        )
+    bad = sorted(k for k, v in tensors.items() if not bool(torch.isfinite(v).all()))
+    if bad:
+        raise ValueError(
+            f"{path} holds non-finite values (NaN or infinity) in {bad[:5]} ({len(bad)} "
+            "tensors): applying it would give wrong outputs. Use another copy, or train again."
+        )
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     wrong = sorted(k for k in tensors if k in expected and tensors[k].shape != expected[k].shape)
@@ -209,16 +311,51 @@ class AdapterCheckpoints(nn.Module):
                 state[key][target.rows] = original
         return state
 
-    def save_adapter(self, path: str) -> None:
-        """Write the adapter-only state to ``path`` (safetensors + JSON metadata)."""
-        self._require_inserted("save_adapter() called")
-        meta = {
+    def adapter_metadata(self) -> dict[str, Any]:
+        """How this model's adapters are applied, as an adapter file records it.
+
+        ``settings``: the adapter class's constructor arguments as the first adapter
+        holds them (defaults resolved, e.g. ``alpha`` equal to ``rank``);
+        ``scaling``: each layer's scale (``alpha / rank``, or ``alpha / sqrt(rank)``
+        with rsLoRA), where the adapter has one.
+
+        Example
+        -------
+        >>> from adapters import AdaptedModel, LoRA
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4))
+        >>> meta = AdaptedModel(net, LoRA, all_linear=True,
+        ...                     adapter_kwargs={"rank": 2}).adapter_metadata()
+        >>> meta["settings"]["alpha"], meta["scaling"]
+        (2.0, {'0': 1.0})
+        """
+        from adapters.adapted_model import _accepted_kwargs
+
+        adapters = self.adapters() if self.inserted else {}
+        first = adapters[min(adapters)] if adapters else None
+        names = _accepted_kwargs(self.adapter_class) or list(self.adapter_kwargs)
+        settings = {}
+        for name in names:
+            value = getattr(first, name, self.adapter_kwargs.get(name))
+            if value is None or isinstance(value, (bool, int, float, str)):
+                settings[name] = value
+        return {
             "adapter_class": getattr(self.adapter_class, "__qualname__", str(self.adapter_class)),
             "adapter_module": getattr(self.adapter_class, "__module__", ""),
             "adapter_kwargs": self.adapter_kwargs,
+            "settings": settings,
+            "scaling": {
+                name: float(a.scaling)
+                for name, a in adapters.items()
+                if isinstance(getattr(a, "scaling", None), (int, float))
+            },
             "adapted_layers": self.adapted_layers,
             "unfrozen_layers": self.unfrozen_layers,
         }
+
+    def save_adapter(self, path: str) -> None:
+        """Write the adapter-only state to ``path`` (safetensors + JSON metadata)."""
+        self._require_inserted("save_adapter() called")
+        meta = self.adapter_metadata()
         save_adapter_file(path, self.adapter_state_dict(), meta, self.base_state())
 
     def load_adapter(self, path: str, adapter_name: str | None = None) -> None:
@@ -231,7 +368,7 @@ class AdapterCheckpoints(nn.Module):
         if not self.inserted:
             self.insert_adapters()
         expected = self.adapter_state_dict()
-        tensors = load_adapter_file(path, self.base_state(), expected)
+        tensors = load_adapter_file(path, self.base_state(), expected, self.adapter_metadata())
         if adapter_name is None or adapter_name == self.active_adapter:
             self.adapted_model.load_state_dict(tensors, strict=False)
             return

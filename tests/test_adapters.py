@@ -236,7 +236,7 @@ def test_adapter_file_round_trip_and_refusal(tmp_path):
     wrong_rank = AdaptedModel(
         make_net(), LoRA, all_linear=True, all_conv=True, adapter_kwargs={"rank": 3}
     )
-    with pytest.raises(ValueError, match="wrong shape"):
+    with pytest.raises(ValueError, match="rank: the file has 2, this model 3"):
         wrong_rank.load_adapter(str(path))
     bigger = nn.Sequential(*make_net(), nn.Linear(3, 3))
     with pytest.raises(ValueError, match="another base model"):
@@ -606,3 +606,100 @@ def test_fused_lora_output_accepts_in_place_ops_in_eval_mode_with_grad():
     out.masked_fill_(torch.zeros(2, 5, 1, dtype=torch.bool), 0.0)  # as SpeechBrain's Conformer does
     out.sum().backward()
     assert layer.lora_B.grad is not None
+
+
+def _rewrite(path, edit_tensors=None, edit_meta=None) -> None:
+    """Rewrite an adapter file's tensors and/or metadata in place (a damaged or old file)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["speech_adapters"])
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    if edit_tensors:
+        edit_tensors(tensors)
+    if edit_meta:
+        edit_meta(meta, tensors)
+    save_file(tensors, str(path), metadata={"speech_adapters": json.dumps(meta)})
+
+
+def _trained_lora(tmp_path, **kwargs):
+    model = AdaptedModel(make_net(), LoRA, all_linear=True, adapter_kwargs=kwargs).eval()
+    randomise(model)
+    path = tmp_path / "a.safetensors"
+    model.save_adapter(str(path))
+    return model, path
+
+
+def test_adapter_file_records_how_to_apply_it(tmp_path):
+    _, path = _trained_lora(tmp_path, rank=2, alpha=8, use_rslora=True)
+    meta = read_adapter_metadata(path)
+    assert meta["format"] == "speech-adapters/2"
+    assert meta["settings"]["rank"] == 2 and meta["settings"]["alpha"] == 8.0
+    assert meta["settings"]["use_rslora"] is True
+    assert list(meta["scaling"].values()) == pytest.approx([8 / 2**0.5] * 2)
+    assert meta["tensors"]["5.lora_A"]["dtype"] == "torch.float32" and len(meta["checksum"]) == 64
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"rank": 2, "alpha": 16}, "alpha: the file has 4.0, this model 16.0"),
+        ({"rank": 2, "alpha": 4, "use_rslora": True}, "use_rslora: the file has False"),
+    ],
+)
+def test_an_adapter_is_never_applied_at_another_scale(tmp_path, kwargs, named):
+    """Same rank, so the shapes fit: only the recorded settings tell the scale apart."""
+    _, path = _trained_lora(tmp_path, rank=2, alpha=4)
+    other = AdaptedModel(make_net(), LoRA, all_linear=True, adapter_kwargs=kwargs)
+    with pytest.raises(ValueError, match=named):
+        other.load_adapter(str(path))
+    trained_otherwise = AdaptedModel(
+        make_net(),
+        LoRA,
+        all_linear=True,
+        adapter_kwargs={"rank": 2, "alpha": 4, "init": "gaussian"},
+    )
+    trained_otherwise.load_adapter(str(path))  # init shapes training only: accepted
+
+
+def test_a_damaged_or_non_finite_adapter_file_is_refused(tmp_path):
+    from adapters.state import tensors_checksum
+
+    model, path = _trained_lora(tmp_path, rank=2)
+
+    def flip_a_bit(tensors):
+        flat = tensors["5.lora_B"].view(-1).view(torch.int32)
+        flat[0] ^= 1 << 20
+
+    _rewrite(path, edit_tensors=flip_a_bit)
+    fresh = AdaptedModel(make_net(), LoRA, all_linear=True, adapter_kwargs={"rank": 2})
+    with pytest.raises(ValueError, match="damaged"):
+        fresh.load_adapter(str(path))
+
+    def nan_with_a_matching_checksum(meta, tensors):
+        tensors["5.lora_B"][0, 0] = float("nan")
+        meta["checksum"] = tensors_checksum(tensors)
+
+    model.save_adapter(str(path))
+    _rewrite(path, edit_meta=nan_with_a_matching_checksum)
+    with pytest.raises(ValueError, match=r"non-finite values .*5\.lora_B"):
+        fresh.load_adapter(str(path))
+
+
+def test_a_file_of_the_first_format_loads_with_a_warning(tmp_path):
+    model, path = _trained_lora(tmp_path, rank=2)
+    x = torch.randn(2, 4, 10)
+
+    def first_format(meta, tensors):
+        meta["format"] = "speech-adapters/1"
+        for key in ("settings", "scaling", "tensors", "checksum"):
+            del meta[key]
+
+    _rewrite(path, edit_meta=first_format)
+    fresh = AdaptedModel(make_net(), LoRA, all_linear=True, adapter_kwargs={"rank": 2}).eval()
+    with pytest.warns(UserWarning, match="unchecked"):
+        fresh.load_adapter(str(path))
+    assert torch.equal(fresh(x), model(x))
