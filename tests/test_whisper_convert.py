@@ -175,6 +175,24 @@ def test_a_damaged_converted_folder_is_converted_again(packaged, tmp_path):
         resolve_source(str(folder), "unused")
 
 
+def test_weights_edited_after_conversion_are_noticed_when_used(packaged, tmp_path):
+    """Same size, so still a readable safetensors file: only the recorded hash tells."""
+    import shutil
+
+    folder = tmp_path / "tiny.en"
+    shutil.copytree(packaged["folder"], folder)
+    weights = folder / "model.safetensors"
+    edited = bytearray(weights.read_bytes())
+    edited[-1] ^= 0xFF
+    weights.write_bytes(bytes(edited))
+    assert convert.safetensors_problem(weights) is None
+    with pytest.raises(ValueError, match=r"changed since it was converted: model.safetensors"):
+        resolve_source(str(folder), "unused")  # given as a folder: named, not converted over
+    assert resolve_source("packaged", folder) == str(folder)  # the converter's own: redone
+    assert weights.read_bytes() == (Path(packaged["folder"]) / "model.safetensors").read_bytes()
+    assert resolve_source(str(folder), "unused") == str(folder)
+
+
 def test_a_mistyped_local_folder_is_not_sent_to_the_hub(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "pretrained").mkdir()

