@@ -193,6 +193,35 @@ def test_weights_edited_after_conversion_are_noticed_when_used(packaged, tmp_pat
     assert resolve_source(str(folder), "unused") == str(folder)
 
 
+def test_a_conversion_killed_while_writing_leaves_the_old_folder_and_reruns_identically(
+    packaged, tmp_path, monkeypatch
+):
+    """A kill (an exception the converter cannot catch) while the tokenizer is written,
+    after the weights: the old conversion stays whole, and the rerun writes the same bytes."""
+    import shutil
+
+    from transformers import PreTrainedTokenizerFast
+
+    folder = tmp_path / "tiny.en"
+    shutil.copytree(packaged["folder"], folder)
+    expected = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    (folder / "converted_from.json").unlink()  # the stamp is gone: it converts again
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PreTrainedTokenizerFast, "save_pretrained", killed)
+        with pytest.raises(KeyboardInterrupt):
+            resolve_source("packaged", folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.en", "tiny.en.lock"]  # no temporary
+    assert (folder / "model.safetensors").read_bytes() == expected["model.safetensors"]
+    resolve_source("packaged", folder)
+    again = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    assert again.keys() == expected.keys()
+    assert all(again[name] == expected[name] for name in expected if name != "converted_from.json")
+
+
 def test_a_mistyped_local_folder_is_not_sent_to_the_hub(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "pretrained").mkdir()
