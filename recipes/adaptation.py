@@ -28,7 +28,14 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from recipes.bookkeeping import RunLock, RunState, check_inputs, fault_point, input_fingerprint
+from recipes.bookkeeping import (
+    RunLock,
+    RunState,
+    check_inputs,
+    describe_setting,
+    fault_point,
+    input_fingerprint,
+)
 from recipes.common import write_json
 
 logger = logging.getLogger(__name__)
@@ -208,6 +215,30 @@ class AdaptationBrain(sb.Brain):
     metric_decimals: int = 2
     #: Decimals of the selection metric in the printed table (``recipes/report.py``).
     table_decimals: int = 1
+    #: Manifest columns naming files the task reads: their bytes are fingerprinted (every
+    #: other column is fingerprinted by value).
+    file_columns: tuple[str, ...] = ("wav",)
+    #: Settings (``hparams`` keys) that change an evaluation's figures besides the base
+    #: weights and the data: decoding, thresholds, feature and architecture settings. They
+    #: key the "before" cache, and a resumed run refuses a change of any of them.
+    evaluation_settings: tuple[str, ...] = ()
+
+    def evaluation_inputs(self) -> dict[str, Any]:
+        """What this task's figures depend on besides the base weights, the data and the code.
+
+        The ``evaluation_settings`` as JSON-able descriptions (objects the YAML built,
+        such as a searcher, by their class and plain attributes); a task whose figures
+        read other inputs (a trial list) adds them.
+
+        Returns
+        -------
+        dict
+            Name -> JSON-able value.
+        """
+        return {
+            key: describe_setting(getattr(self.hparams, key, None))
+            for key in self.evaluation_settings
+        }
 
     def _best(self, plural: bool = False) -> dict:
         """``min_key``/``max_key`` (or ``min_keys``/``max_keys``) selecting the best checkpoint."""
@@ -331,28 +362,46 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
+def before_key(hparams: dict[str, Any], test_sets: dict, inputs: dict) -> dict:
+    """What the figures before training depend on: the key of the shared ``before_cache``.
+
+    The base weights, every column and file of each test set, the task's
+    evaluation inputs (``AdaptationBrain.evaluation_inputs``: decoding settings,
+    thresholds, trial lists...), the YAML's optional ``before_key`` and the code,
+    all from ``inputs`` (:func:`recipes.bookkeeping.input_fingerprint`). Training
+    settings are left out, so the runs of every method on one base share it.
+
+    Returns
+    -------
+    dict
+        A JSON-able key: equal keys mean equal figures.
+    """
+    return {
+        "base": inputs["base"],
+        "test_sets": {name: inputs["data"][f"test_{name}"] for name in test_sets},
+        "evaluation": inputs.get("evaluation", {}),
+        "settings": hparams.get("before_key"),
+        "code": inputs["code"],
+    }
+
+
 def _evaluate_before(
     brain: AdaptationBrain, hparams: dict[str, Any], test_sets: dict, inputs: dict
 ) -> dict:
-    """Error rates of the model before training, computed once.
+    """Figures of the model before training, computed once.
 
     ``before.json`` in the output folder serves a resumed run (whose model may
-    be trained already; the folder's inputs are checked). ``before_cache``, when
-    set, is shared by the runs of several methods: it is reused when its key is
-    the same, and the key is content: the base weights' and test sets'
-    fingerprints, the evaluation settings (``before_key``) and the code.
+    be trained already; the folder's inputs, evaluation inputs included, are
+    checked before). ``before_cache``, when set, is shared by the runs of
+    several methods: it is reused only when its key (:func:`before_key`) is the
+    same, else the figures are computed again and the cache replaced.
     """
     local = os.path.join(hparams["output_folder"], "before.json")
     if os.path.isfile(local):
         with open(local) as handle:
             return json.load(handle)
     shared = hparams.get("before_cache")
-    key = {
-        "base": inputs["base"],
-        "test_sets": {name: inputs["data"][f"test_{name}"] for name in test_sets},
-        "settings": hparams.get("before_key"),
-        "code": inputs["code"],
-    }
+    key = before_key(hparams, test_sets, inputs)
     if shared and os.path.isfile(shared):
         with open(shared) as handle:
             cached = json.load(handle)
@@ -362,6 +411,9 @@ def _evaluate_before(
             if if_main_process():
                 write_json(local, results)
             return results
+        logger.info(
+            "Figures before training: %s was computed from other inputs; recomputing", shared
+        )
     results = brain.evaluate_sets(test_sets)
     if if_main_process():
         write_json(local, results)
@@ -417,7 +469,13 @@ def run_adaptation(
         "valid": valid_set,
         **{f"test_{k}": v for k, v in test_sets.items()},
     }
-    inputs = input_fingerprint(hparams, _pretrained_state(model, adapted), datasets)
+    inputs = input_fingerprint(
+        hparams,
+        _pretrained_state(model, adapted),
+        datasets,
+        file_columns=brain.file_columns,
+        evaluation=brain.evaluation_inputs(),
+    )
     if if_main_process():
         check_inputs(folder, inputs, hparams.get("fresh_start", False))
     evaluate_only = hparams.get("evaluate_only", False)

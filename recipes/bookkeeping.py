@@ -18,6 +18,7 @@ Authors
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -143,13 +144,34 @@ def sha256_json(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def data_fingerprint(dataset) -> str:
-    """A ``DynamicItemDataset``'s contents: its IDs, transcripts and audio bytes."""
+def data_fingerprint(dataset, file_columns: Collection[str] = ("wav",)) -> str:
+    """A ``DynamicItemDataset``'s contents: its IDs and every column of its rows.
+
+    Every column counts, whether the task reads it or not (transcripts, speech
+    segments, speaker IDs, durations, paired references...), so that no change
+    to what a figure depends on goes unseen. A column of ``file_columns`` names a
+    file: the file's bytes are hashed instead of its path, so a corpus moved
+    elsewhere is the same data and a file regenerated in place is not.
+
+    Parameters
+    ----------
+    dataset : DynamicItemDataset
+        The rows (``dataset.data``) of the IDs it holds (``dataset.data_ids``).
+    file_columns : collection of str
+        The columns naming files whose contents the task reads (audio, references).
+
+    Returns
+    -------
+    str
+        A SHA-256 hex digest.
+    """
     digest = hashlib.sha256()
     for uid in sorted(dataset.data_ids):
-        row = dataset.data[uid]
-        digest.update(f"{uid}\0{row.get('wrd', '')}\0".encode())
-        digest.update(sha256_file(row["wav"]).encode() if "wav" in row else b"")
+        row = {"ID": uid, **dataset.data[uid]}
+        for column in file_columns:
+            if isinstance(row.get(column), str) and os.path.isfile(row[column]):
+                row[column] = {"sha256": sha256_file(row[column])}
+        digest.update(sha256_json(row).encode())
     return digest.hexdigest()
 
 
@@ -188,6 +210,57 @@ def _plain(value: Any) -> bool:
     return isinstance(value, str | int | float | bool | type(None))
 
 
+def describe_setting(value: Any) -> Any:
+    """A JSON-able description of a setting, as far as it can change a figure.
+
+    Plain YAML data is itself; an object the YAML built (a decoder, a feature
+    extractor) is its class with the plain attributes its constructors take, e.g. a searcher's
+    ``max_decode_ratio`` or ``beam_size``; lists and dicts are described item by item.
+
+    Example
+    -------
+    >>> from functools import partial
+    >>> describe_setting({"threshold": 0.5, "search": partial(round, ndigits=2)})
+    {'threshold': 0.5, 'search': {'class': 'functools.partial', 'function': 'builtins.round', \
+'args': [], 'keywords': {'ndigits': 2}}}
+    """
+    if _plain(value) and not isinstance(value, tuple):
+        return value
+    if isinstance(value, dict):
+        return {str(k): describe_setting(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [describe_setting(v) for v in value]
+    description: dict[str, Any] = {"class": _qualified_name(type(value))}
+    if isinstance(value, partial):
+        description["function"] = _qualified_name(value.func)
+        description["args"] = describe_setting(list(value.args))
+        description["keywords"] = describe_setting(dict(value.keywords))
+        return description
+    settings = _constructor_parameters(type(value))
+    for name, attribute in sorted(getattr(value, "__dict__", {}).items()):
+        if name in settings and _plain(attribute):
+            description[name] = describe_setting(attribute)
+    return description
+
+
+def _constructor_parameters(cls: type) -> set[str]:
+    """Names of the parameters of every ``__init__`` in ``cls``'s hierarchy: the attributes
+    of an object that are its settings (not state it gathers, like a decoder's cache)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            try:
+                names |= set(inspect.signature(klass.__init__).parameters)
+            except (TypeError, ValueError):  # a builtin without a signature
+                continue
+    return names - {"self", "args", "kwargs"}
+
+
+def _qualified_name(thing: Any) -> str:
+    """``module.QualifiedName`` of a class or function."""
+    return f"{getattr(thing, '__module__', '')}.{getattr(thing, '__qualname__', repr(thing))}"
+
+
 def code_fingerprint(folders: Iterable[str] = ("adapters", "recipes")) -> str:
     """The library's and the recipes' Python sources."""
     digest = hashlib.sha256()
@@ -199,13 +272,40 @@ def code_fingerprint(folders: Iterable[str] = ("adapters", "recipes")) -> str:
 
 
 def input_fingerprint(
-    hparams: Mapping[str, Any], base: Mapping[str, torch.Tensor], datasets: dict
+    hparams: Mapping[str, Any],
+    base: Mapping[str, torch.Tensor],
+    datasets: dict,
+    file_columns: Collection[str] = ("wav",),
+    evaluation: Mapping[str, Any] | None = None,
 ) -> dict:
-    """What a run is built from: base weights, data per set, settings, code."""
+    """What a run is built from: base weights, data per set, settings, evaluation, code.
+
+    Parameters
+    ----------
+    hparams : mapping
+        The loaded hyperparameters (their plain values are fingerprinted).
+    base : mapping of str to torch.Tensor
+        The weights the run starts from.
+    datasets : dict
+        Named datasets (``train``, ``valid``, ``test_<name>``): every column of
+        their rows, and the bytes of the files their ``file_columns`` name.
+    file_columns : collection of str
+        The manifest columns naming files the task reads.
+    evaluation : mapping, optional
+        What the task's figures depend on besides the above (its decoding
+        settings, threshold, trial lists...), described as JSON-able values
+        (:func:`describe_setting`); see ``AdaptationBrain.evaluation_inputs``.
+
+    Returns
+    -------
+    dict
+        ``base``, ``data``, ``settings`` and ``evaluation`` (a hash per name), ``code``.
+    """
     return {
         "base": tensors_fingerprint(base),
-        "data": {name: data_fingerprint(data) for name, data in datasets.items()},
+        "data": {name: data_fingerprint(data, file_columns) for name, data in datasets.items()},
         "settings": settings_fingerprint(hparams),
+        "evaluation": {key: sha256_json(value)[:16] for key, value in (evaluation or {}).items()},
         "code": code_fingerprint(),
     }
 
@@ -216,15 +316,19 @@ def changed_inputs(recorded: dict, current: dict) -> list[str]:
     Example
     -------
     >>> old = {"base": "a", "data": {"train": "x"}, "settings": {"rank": "1"}, "code": "c"}
-    >>> new = {"base": "b", "data": {"train": "y"}, "settings": {"rank": "2"}, "code": "c"}
+    >>> new = {"base": "b", "data": {"train": "y"}, "settings": {"rank": "2"}, "code": "c",
+    ...        "evaluation": {"test_search": "s"}}
     >>> changed_inputs(old, new)
-    ['the base model weights', 'the data of train', 'the setting rank']
+    ['the base model weights', 'the data of train', 'the setting rank', 'the evaluation input \
+test_search']
     """
-    changes = ["the base model weights"] if recorded.get("base") != current["base"] else []
-    for kind, label in (("data", "the data of"), ("settings", "the setting")):
-        old, new = recorded.get(kind, {}), current[kind]
+    changes = ["the base model weights"] if recorded.get("base") != current.get("base") else []
+    kinds = (("data", "the data of"), ("settings", "the setting"),
+             ("evaluation", "the evaluation input"))  # fmt: skip
+    for kind, label in kinds:
+        old, new = recorded.get(kind, {}), current.get(kind, {})
         changes += [f"{label} {k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    if recorded.get("code") != current["code"]:
+    if recorded.get("code") != current.get("code"):
         changes.append("the code (adapters/, recipes/)")
     return changes
 

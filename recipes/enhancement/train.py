@@ -52,6 +52,11 @@ class Enhancement(AdaptationBrain):
     selection_metric = "SI-SNRi"
     lower_is_better = False
     metric_decimals = 3
+    #: Both sides of a pair are read: the noisy audio and its clean reference.
+    file_columns = ("wav", "clean_wav")
+    #: Beyond the base weights and the data, the figures depend on the rate the audio is
+    #: read at, the model's shape and its gain floor.
+    evaluation_settings = ("sample_rate", "hidden_size", "fc_size", "min_gain_db")
 
     def compute_forward(self, batch, stage):
         """Enhanced audio; in training, of ``train_crop_s`` crops (the same cut of the reference)."""

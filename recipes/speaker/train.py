@@ -41,6 +41,7 @@ from recipes.adaptation import (
     setup_experiment,
 )
 from recipes.audio import crop_batch, crop_starts, load_audio
+from recipes.bookkeeping import sha256_json
 from recipes.common import load_manifest
 from recipes.corpus.trials import read_trials, speaker_group, write_trials
 from recipes.speaker.model import (
@@ -132,6 +133,17 @@ class SpeakerVerification(AdaptationBrain):
     metric_names = ("EER", "minDCF")
     selection_metric = "EER"
     metric_decimals = 3
+    #: Beyond the base weights, the data (speaker IDs included) and the trial lists
+    #: (:meth:`evaluation_inputs`), the figures depend on the features, the encoder's shape
+    #: and the prior of the detection cost.
+    evaluation_settings = (
+        "sample_rate", "n_mels", "hidden_size", "num_layers", "embedding_size", "p_target",
+    )  # fmt: skip
+
+    def evaluation_inputs(self) -> dict:
+        """The settings, and the trials scored on each set (labels and pairs, by content)."""
+        trials = {name: sha256_json(pairs) for name, pairs in sorted(self.trials.items())}
+        return {**super().evaluation_inputs(), "trials": trials}
 
     def compute_forward(self, batch, stage):
         """Training: embeddings of one 1.6 s crop per utterance. Evaluation: of whole utterances."""
