@@ -44,8 +44,19 @@ from recipes.text_normalization import inventory_text
 logger = logging.getLogger(__name__)
 
 
+#: The settings that shape the model and its features (the inference folder's too).
+ARCHITECTURE = (
+    "sample_rate", "tokens", "blank_index", "output_neurons", "n_mels", "frontend_channels_1",
+    "frontend_channels_2", "d_model", "nhead", "num_encoder_layers", "d_ffn", "kernel_size",
+)  # fmt: skip
+
+
 class ASR(AdaptationBrain):
     """CTC training and evaluation with WER and CER."""
+
+    #: Beyond the base weights and the data, the figures depend on the model's shape and
+    #: features, and on the token inventory that normalises references and hypotheses.
+    evaluation_settings = ARCHITECTURE
 
     def compute_forward(self, batch, stage):
         """Waveforms -> features -> log-probabilities over tokens."""
@@ -70,7 +81,7 @@ class ASR(AdaptationBrain):
             texts = ["".join(self.label_encoder.decode_ndim(h)) for h in hyps]
             inventory = self.hparams.tokens
             words = [inventory_text(t, inventory)[0].split() for t in texts]
-            self.append_error_rates(batch.id, words, [w.split() for w in batch.wrd])
+            self.append_error_rates(batch.id, words, [r.split() for r in batch.reference])
         return loss
 
 
@@ -91,7 +102,8 @@ def dataio_prepare(hparams, label_encoder):
     Audio goes through the collection's one loader (resampled to ``sample_rate``,
     downmixed); training data leaves out empty or too-short files, test sets
     refuse them. Transcripts are normalised the way hypotheses are scored
-    (:func:`recipes.text_normalization.inventory_text`); characters the token
+    (:func:`recipes.text_normalization.inventory_text`) into ``reference``, what
+    scoring reads (never the manifest's raw ``wrd``); characters the token
     inventory cannot write are counted per set in the report.
     """
     data_root = hparams["data_folder"]
@@ -118,23 +130,18 @@ def dataio_prepare(hparams, label_encoder):
     def audio_pipeline(wav):
         return load_audio(wav, hparams["sample_rate"])
 
+    # A new name: an item named like a manifest column would be shadowed by the raw column.
     @sb.utils.data_pipeline.takes("wrd")
-    @sb.utils.data_pipeline.provides("wrd", "tokens")
+    @sb.utils.data_pipeline.provides("reference", "tokens")
     def text_pipeline(wrd):
-        wrd = inventory_text(wrd, inventory)[0]
-        yield wrd
-        yield label_encoder.encode_sequence_torch(list(wrd))
+        reference = inventory_text(wrd, inventory)[0]
+        yield reference
+        yield label_encoder.encode_sequence_torch(list(reference))
 
     sb.dataio.dataset.add_dynamic_item(datasets, audio_pipeline)
     sb.dataio.dataset.add_dynamic_item(datasets, text_pipeline)
-    sb.dataio.dataset.set_output_keys(datasets, ["id", "sig", "wrd", "tokens"])
+    sb.dataio.dataset.set_output_keys(datasets, ["id", "sig", "reference", "tokens"])
     return train, valid, tests, report
-
-
-ARCHITECTURE = (
-    "sample_rate", "tokens", "blank_index", "output_neurons", "n_mels", "frontend_channels_1",
-    "frontend_channels_2", "d_model", "nhead", "num_encoder_layers", "d_ffn", "kernel_size",
-)  # fmt: skip
 
 
 def write_inference(brain: ASR, hparams) -> Path:

@@ -49,6 +49,10 @@ logger = logging.getLogger(__name__)
 class WhisperASR(AdaptationBrain):
     """Teacher-forced training and searched decoding of a Whisper model."""
 
+    #: Beyond the base weights and the data, the figures depend on the audio the encoder
+    #: sees and on the searchers' settings (``max_decode_ratio``, beam size...).
+    evaluation_settings = ("sample_rate", "eval_window_s", "valid_search", "test_search")
+
     def compute_forward(self, batch, stage):
         """Waveforms and prompt tokens -> next-token log-probabilities (and hypotheses)."""
         batch = batch.to(self.device)
@@ -73,7 +77,7 @@ class WhisperASR(AdaptationBrain):
             self.append_error_rates(
                 batch.id,
                 [normalized_words(t) for t in texts],
-                [normalized_words(t) for t in batch.wrd],
+                [r.split() for r in batch.reference],
             )
         return loss
 
@@ -107,7 +111,11 @@ def subset(data, count: int | None, seed: int):
 
 
 def dataio_prepare(hparams, tokenizer, real_sets: dict[str, str]):
-    """DynamicItemDatasets for train, valid and each test set."""
+    """DynamicItemDatasets for train, valid and each test set.
+
+    The text pipeline provides the training targets and ``reference``, the
+    normalised words scoring reads (never the manifest's raw ``wrd``).
+    """
     data_root = hparams["data_folder"]
     hint = "Run the recipe with prepare_corpus: True, or point the *_csv keys at your manifests."
     sample_rate = hparams["sample_rate"]
@@ -141,10 +149,12 @@ def dataio_prepare(hparams, tokenizer, real_sets: dict[str, str]):
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     max_tokens = hparams["max_target_tokens"]
 
+    # ``reference``, what scoring reads, is a new name: an item named like a manifest
+    # column would be shadowed by the raw column.
     @sb.utils.data_pipeline.takes("wrd")
-    @sb.utils.data_pipeline.provides("wrd", "tokens_bos", "tokens_eos")
+    @sb.utils.data_pipeline.provides("reference", "tokens_bos", "tokens_eos")
     def text_pipeline(wrd):
-        yield wrd
+        yield " ".join(normalized_words(wrd))
         tokens = tokenizer.encode(" " + training_text(wrd), add_special_tokens=False)
         tokens = tokens[:max_tokens]
         yield torch.LongTensor(prompt + tokens)
@@ -152,7 +162,8 @@ def dataio_prepare(hparams, tokenizer, real_sets: dict[str, str]):
 
     sb.dataio.dataset.add_dynamic_item(datasets, audio_pipeline)
     sb.dataio.dataset.add_dynamic_item(datasets, text_pipeline)
-    sb.dataio.dataset.set_output_keys(datasets, ["id", "sig", "wrd", "tokens_bos", "tokens_eos"])
+    keys = ["id", "sig", "reference", "tokens_bos", "tokens_eos"]
+    sb.dataio.dataset.set_output_keys(datasets, keys)
     return train, valid, tests
 
 
