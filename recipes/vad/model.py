@@ -17,6 +17,8 @@ Authors
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,6 +88,64 @@ class SileroVAD(nn.Module):
         hidden, self.last_state = self.rnn(features, state)
         hidden = F.relu(self.dropout(hidden))
         return self.head(hidden.transpose(1, 2)).squeeze(1)
+
+
+def speech_segments(
+    text: str, duration: float | None = None, tolerance: float = 0.05
+) -> list[tuple[float, float]]:
+    """The speech segments of a manifest's ``speech`` column, every one of them checked.
+
+    Parameters
+    ----------
+    text : str
+        Segments in seconds, ``START-END`` separated by spaces (empty: no speech).
+    duration : float, optional
+        The recording's length in seconds: no segment may end later (plus ``tolerance``).
+    tolerance : float
+        Seconds a segment may end past ``duration`` (rounding of the manifest).
+
+    Returns
+    -------
+    list of (float, float)
+        ``(start, end)`` of each segment, in the order listed.
+
+    Raises
+    ------
+    ValueError
+        Naming the first segment that is malformed, not finite, negative, reversed
+        or past the end of the recording.
+
+    Example
+    -------
+    >>> speech_segments("0.250-0.500 1.000-1.750", duration=2.0)
+    [(0.25, 0.5), (1.0, 1.75)]
+    >>> speech_segments("3.0-3.5 0.2-0.4", duration=2.0)
+    Traceback (most recent call last):
+        ...
+    ValueError: speech segment '3.0-3.5' ends at 3.5 s, after the recording (2.0 s): ...
+    """
+    segments = []
+    for item in text.split():
+        start_text, sep, end_text = item.partition("-")
+        try:
+            start, end = float(start_text), float(end_text)
+        except ValueError:
+            start = end = None
+        if not sep or start is None or end is None:
+            raise ValueError(f"speech segment {item!r} is not START-END in seconds")
+        if not (math.isfinite(start) and math.isfinite(end)):
+            raise ValueError(f"speech segment {item!r} holds a value that is not a finite number")
+        if start < 0 or end < start:
+            raise ValueError(
+                f"speech segment {item!r} is not a time span: it needs 0 <= START <= END"
+            )
+        if duration is not None and end > duration + tolerance:
+            raise ValueError(
+                f"speech segment {item!r} ends at {end} s, after the recording ({duration} s): "
+                "the labels belong to another file"
+            )
+        segments.append((start, end))
+    return segments
 
 
 def chunk_labels(segments: list[tuple[float, float]], samples: int, sample_rate: int = 16000):

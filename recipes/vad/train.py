@@ -40,7 +40,7 @@ from recipes.adaptation import (
 )
 from recipes.audio import load_audio
 from recipes.common import load_manifest
-from recipes.vad.model import CHUNK, chunk_labels, f1_score, roc_auc
+from recipes.vad.model import CHUNK, chunk_labels, f1_score, roc_auc, speech_segments
 
 logger = logging.getLogger(__name__)
 SPEECH_COLUMN = (
@@ -57,6 +57,9 @@ class VoiceActivity(AdaptationBrain):
     lower_is_better = False
     metric_decimals = 3
     table_decimals = 3
+    #: Beyond the base weights and the data (labels included), the figures depend on the
+    #: decision threshold (F1), the rate the audio is read at and the model's shape.
+    evaluation_settings = ("threshold", "sample_rate", "hidden_size")
 
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
@@ -144,26 +147,59 @@ def prepare_data(hparams) -> dict[str, str]:
     return {key.replace("real_", "").replace("_vad", ""): path for key, path in manifests.items()}
 
 
-def dataio_prepare(hparams, real_sets: dict[str, str]):
-    """Datasets of scenes: audio (``sig``) and per-chunk labels (``labels``) from ``speech``."""
-    from recipes.corpus.scenes import parse_segments
+def read_labels(path: str, rows: dict[str, dict]) -> dict[str, list[tuple[float, float]]]:
+    """The speech segments of each row of manifest ``path``, every segment checked.
 
+    Parameters
+    ----------
+    path : str
+        The manifest, named in errors.
+    rows : dict
+        Its rows by ID, each with ``speech`` and ``duration``.
+
+    Returns
+    -------
+    dict
+        ID -> ``(start, end)`` segments in seconds.
+
+    Raises
+    ------
+    ValueError
+        Naming the manifest, the ID and the segment that is malformed, not finite,
+        reversed, or past the end of the recording.
+    """
+    segments = {}
+    for uid, row in rows.items():
+        try:
+            segments[uid] = speech_segments(row["speech"], row["duration"])
+        except ValueError as err:
+            raise ValueError(
+                f"{path}, ID {uid}: {err}. Fix that row's speech column (or leave the row out)."
+                + SPEECH_COLUMN
+            ) from None
+    return segments
+
+
+def dataio_prepare(hparams, real_sets: dict[str, str]):
+    """Datasets of scenes: audio (``sig``) and per-chunk labels (``labels``) from ``speech``.
+
+    Every segment of every recording is checked (:func:`read_labels`), and a
+    training set that labels no speech at all is refused.
+    """
     data_root = hparams["data_folder"]
     hint = "Run the recipe with prepare_corpus: True, or point the *_csv keys at your manifests."
 
     def load(path, train=False):
         data = load_manifest(path, data_root, hint + SPEECH_COLUMN, hparams["min_audio_s"],
                              skip_short=train, columns=("ID", "duration", "wav", "speech"))  # fmt: skip
-        for uid, row in data.data.items():
-            try:
-                segments = parse_segments(row["speech"])
-            except ValueError as err:
-                raise ValueError(f"{path}, ID {uid}: {err}") from None
-            if segments and segments[-1][1] > row["duration"] + 0.05:
-                raise ValueError(
-                    f"{path}, ID {uid}: a speech segment ends at {segments[-1][1]} s, after the "
-                    f"recording ({row['duration']} s): the labels belong to another file."
-                )
+        segments = read_labels(path, data.data)
+        if train and not any(segments.values()):
+            raise ValueError(
+                f"The training set {path} labels no speech in any of its {len(segments)} "
+                "recordings (its speech column is empty everywhere): a detector trained on it "
+                "would learn to find none. Give the speech segments of each recording."
+                + SPEECH_COLUMN
+            )
         return data.filtered_sorted(sort_key="duration")
 
     train = load(hparams["train_csv"], train=True)
@@ -177,7 +213,7 @@ def dataio_prepare(hparams, real_sets: dict[str, str]):
     def audio_pipeline(wav, speech):
         sig = load_audio(wav, hparams["sample_rate"])
         yield sig
-        yield chunk_labels(parse_segments(speech), sig.shape[0], hparams["sample_rate"])
+        yield chunk_labels(speech_segments(speech), sig.shape[0], hparams["sample_rate"])
 
     datasets = [train, valid, *tests.values()]
     sb.dataio.dataset.add_dynamic_item(datasets, audio_pipeline)
