@@ -37,10 +37,12 @@ from typing import Any
 import torch
 
 from recipes.inference import (
+    MODEL_FOLDERS,
     ROOT,
     ctc_inference_folder,
     interface_class,
     load_inference,
+    model_inference_folder,
     whisper_inference_folder,
 )
 from recipes.io import check_target
@@ -71,6 +73,11 @@ def export_speechbrain(asr, output: Path, **target: Any) -> Path:
         weights = Path(tmp) / "model.ckpt"
         torch.save(plain.state_dict(), weights)
         files = {"model.ckpt": weights}
+        name = type(asr).__name__
+        if name in MODEL_FOLDERS:
+            task, modules = MODEL_FOLDERS[name]
+            values = _template_values(asr, ROOT / "hparams" / "inference" / f"{task}.yaml")
+            return model_inference_folder(output, task, values, None, files, modules, **target)
         if whisper is not None:
             values = _template_values(asr, ROOT / "hparams" / "inference" / "whisper.yaml")
             return whisper_inference_folder(output, values, None, files, **target)
@@ -108,10 +115,10 @@ def export(run: str | Path, to: str, output: str | Path, overwrite: bool = False
             "inference folder is written at its end) or it only evaluated (evaluate_only). "
             "Rerun its training command to resume and finish it, then export."
         )
-    is_whisper = interface_class(inference).__name__ == "WhisperASR"
-    if to != "speechbrain" and not is_whisper:
+    name = interface_class(inference).__name__
+    if to != "speechbrain" and name != "WhisperASR":
         raise ValueError(
-            f"--to {to} exports Whisper runs; {run} holds a Conformer CTC, which "
+            f"--to {to} exports Whisper runs; {run} holds a {name} model, which "
             "exports --to speechbrain."
         )
     asr = load_inference(inference)

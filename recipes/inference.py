@@ -32,6 +32,16 @@ ROOT = Path(__file__).resolve().parents[1]
 INTERFACES = {
     "WhisperASR": "speechbrain.inference.ASR.WhisperASR",
     "EncoderASR": "speechbrain.inference.ASR.EncoderASR",
+    "SpeakerVerifier": "recipes.speaker.interface.SpeakerVerifier",
+}
+#: Tasks whose inference folder is a ``model`` network read from ``base_checkpoint``
+#: (:func:`model_inference_folder`): interface -> (template name, the interface's modules
+#: by their template keys, ``model`` standing for the trained network).
+MODEL_FOLDERS = {
+    "SpeakerVerifier": (
+        "speaker",
+        {"compute_features": "compute_features", "embedding_model": "model"},
+    ),
 }
 
 
@@ -129,7 +139,7 @@ def interface_class(folder: str | os.PathLike):
             name = line.split(":", 1)[1].split("#")[0].strip().strip("\"'")
             module, _, cls = INTERFACES[name].rpartition(".")
             return getattr(importlib.import_module(module), cls)
-    raise ValueError(f"{path} names no interface (interface: WhisperASR | EncoderASR).")
+    raise ValueError(f"{path} names no interface (interface: {' | '.join(INTERFACES)}).")
 
 
 def load_inference(
@@ -157,7 +167,7 @@ def trained_files(brain: Any, hparams: dict[str, Any]) -> dict[str, Path]:
         return {"adapter.ckpt": folder / "adapter.safetensors"}
     if "export_base" in hparams:
         return {"model.ckpt": Path(hparams["export_base"])}
-    best = brain.checkpointer.find_checkpoint(min_key="WER")
+    best = brain.checkpointer.find_checkpoint(**brain._best())  # by the task's own metric
     if best is None or "model" not in best.paramfiles:
         raise FileNotFoundError(
             f"No checkpoint with a model in {brain.checkpointer.checkpoints_dir}: the inference "
@@ -226,4 +236,40 @@ def ctc_inference_folder(
     else:
         tail = features + pretrainer_block({"model": "model"}, {}, ["model"])
     template = ROOT / "hparams" / "inference" / "ctc.yaml"
+    return write_inference_folder(folder, template, values, tail, files, **target)
+
+
+def model_inference_folder(
+    folder: str | os.PathLike,
+    task: str,
+    values: dict[str, Any],
+    adapted: torch.nn.Module | None,
+    files: dict[str, str | os.PathLike],
+    modules: dict[str, str],
+    **target: Any,
+) -> Path:
+    """An inference folder for a task whose template (``hparams/inference/<task>.yaml``)
+    defines its network as ``model``, read from ``values["base_checkpoint"]``.
+
+    ``modules`` maps the interface's module names to template keys; ``model`` there
+    stands for the network as trained: the ``AdaptedModel`` (``adapted`` given, with
+    ``adapter.ckpt``) or the model with the full weights of ``model.ckpt``.
+    ``target``: ``sources`` and ``overwrite``, as :func:`write_inference_folder` takes them.
+    """
+    network = "adapted_model" if adapted is not None else "model"
+    lines = ["modules:"]
+    lines += [
+        f"    {name}: !ref <{network if key == 'model' else key}>" for name, key in modules.items()
+    ]
+    mods = "\n".join(lines) + "\n"
+    if adapted is not None:
+        tail = adapter_block(adapted, "model") + "    manual_adapter_insertion: True\n" + mods
+        tail += pretrainer_block(
+            {"model": "model", "adapter": "adapted_model"},
+            {"model": values["base_checkpoint"]},
+            ["model"],
+        )
+    else:
+        tail = mods + pretrainer_block({"model": "model"}, {}, ["model"])
+    template = ROOT / "hparams" / "inference" / f"{task}.yaml"
     return write_inference_folder(folder, template, values, tail, files, **target)

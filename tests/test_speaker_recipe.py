@@ -182,13 +182,21 @@ def _data_args(data) -> list[str]:
     ]  # fmt: skip
 
 
-def test_lora_run_scores_trials_before_and_after_and_saves_an_adapter(speaker_data, tmp_path):
-    out = tmp_path / "lora"
+@pytest.fixture(scope="module")
+def lora_run(speaker_data, tmp_path_factory):
+    """A tiny LoRA run (4 epochs), shared by the tests that read what it wrote."""
+    tmp = tmp_path_factory.mktemp("speaker_lora")
+    out = tmp / "lora"
     run(
         str(TRAIN), "hparams/lora_speaker.yaml", *TINY, *_data_args(speaker_data),
         "--rank=2", "--alpha=4", "--lr=0.02", "--n_warmup_steps=1", "--number_of_epochs=4",
-        f"--output_folder={out}", f"--before_cache={tmp_path / 'before.json'}",
+        f"--output_folder={out}", f"--before_cache={tmp / 'before.json'}",
     )  # fmt: skip
+    return out
+
+
+def test_lora_run_scores_trials_before_and_after_and_saves_an_adapter(speaker_data, lora_run):
+    out = lora_run
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metric"] == "EER"
     for when in ("before", "after"):
@@ -217,3 +225,90 @@ def test_full_run_trains_every_weight(speaker_data, tmp_path):
     )  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trainable_pct"] == 100.0 and "adapter_file_bytes" not in summary
+    # the inference folder holds the best checkpoint's weights, chosen by EER
+    from safetensors.torch import load_file
+
+    from recipes.speaker.interface import SpeakerVerifier
+
+    verifier = SpeakerVerifier.from_hparams(source=str(out / "inference"))
+    base = load_file(speaker_data["folder"] / "tiny.safetensors")
+    trained = verifier.mods.embedding_model.state_dict()
+    assert any(not torch.equal(trained[k], v) for k, v in base.items())
+
+
+def test_the_inference_folder_verifies_from_anywhere_with_the_validation_threshold(
+    speaker_data, lora_run, tmp_path, monkeypatch
+):
+    """``SpeakerVerifier.from_hparams`` from another directory embeds as the recipe scored:
+    its scores of the validation trials give back the stored threshold at their EER."""
+    from recipes.corpus.trials import read_trials
+    from recipes.speaker.interface import SpeakerVerifier
+    from recipes.speaker.model import eer_threshold, split_by_label
+
+    monkeypatch.chdir(tmp_path)
+    verifier = SpeakerVerifier.from_hparams(source=str(lora_run / "inference"))
+    folder = speaker_data["folder"]
+    trials = read_trials(lora_run / "trials" / "valid.txt")
+    scores = torch.stack(
+        [
+            verifier.verify_files(str(folder / f"{e}.wav"), str(folder / f"{t}.wav"))[0]
+            for _, e, t in trials
+        ]
+    ).flatten()
+    threshold = verifier.hparams.threshold
+    assert eer_threshold(*split_by_label(scores, trials)) == pytest.approx(threshold, abs=1e-4)
+    _, e, t = trials[0]
+    score, same = verifier.verify_files(str(folder / f"{e}.wav"), str(folder / f"{t}.wav"))
+    assert bool(same) == bool(score > threshold)
+
+
+def test_verify_command_scores_pairs_and_trial_lists_and_reports_bad_files(
+    speaker_data, lora_run, tmp_path, capsys
+):
+    from recipes.verify import main
+
+    folder = speaker_data["folder"]
+    trials = read_trials(lora_run / "trials" / "target.txt")
+    _, e, t = trials[0]
+    assert main([str(lora_run), str(folder / f"{e}.wav"), str(folder / f"{t}.wav")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "enrol,test,score,same" and len(out) == 2
+    listed = tmp_path / "trials.txt"
+    listed.write_text(
+        "".join(f"{k} {e}.wav {t}.wav\n" for k, e, t in trials) + "1 missing.wav " + f"{t}.wav\n"
+    )
+    output = tmp_path / "scores.jsonl"
+    code = main(
+        [str(lora_run / "inference"), "--trials", str(listed), "--audio-root", str(folder),
+         "--output", str(output)]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 1 and captured.err.count("error: ") == 1 and "missing.wav" in captured.err
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(rows) == len(trials) + 1 and rows[-1]["score"] is None
+    threshold = float(
+        next(
+            line.split(":")[1]
+            for line in (lora_run / "inference" / "hyperparams.yaml").read_text().splitlines()
+            if line.startswith("threshold:")
+        )
+    )
+    assert all(r["same"] == (r["score"] > threshold) for r in rows[:-1])
+    assert "EER" in captured.out
+    with pytest.raises(SystemExit):  # an existing output is not replaced without --overwrite
+        main([str(lora_run), "--trials", str(listed), "--output", str(output)])
+
+
+def test_a_speaker_run_exports_a_merged_folder_with_the_same_scores(
+    speaker_data, lora_run, tmp_path
+):
+    from recipes.export import export
+    from recipes.speaker.interface import SpeakerVerifier
+
+    merged = export(lora_run, "speechbrain", tmp_path / "merged")
+    wav = str(next(speaker_data["folder"].glob("*.wav")))
+    adapted = SpeakerVerifier.from_hparams(source=str(lora_run / "inference"))
+    plain = SpeakerVerifier.from_hparams(source=str(merged))
+    assert "adapter.ckpt" not in {p.name for p in merged.iterdir()}
+    assert torch.allclose(plain.embed_file(wav), adapted.embed_file(wav), atol=1e-5)
+    assert plain.hparams.threshold == adapted.hparams.threshold

@@ -219,6 +219,40 @@ def embed_utterances(
     return F.normalize(sums, dim=1)
 
 
+def embed_waveforms(
+    frontend: MelFrontend, encoder: nn.Module, wavs: torch.Tensor, wav_lens: torch.Tensor
+) -> torch.Tensor:
+    """Unit-norm embeddings of a padded batch of waveforms (relative lengths ``wav_lens``):
+    loudness, mel spectrogram, then :func:`embed_utterances`. What the recipe scores and
+    what its inference interface computes.
+
+    Example
+    -------
+    >>> encoder = SpeakerEncoder(n_mels=40, hidden_size=8, num_layers=1, embedding_size=4)
+    >>> embed_waveforms(MelFrontend(), encoder, torch.randn(2, 20000), torch.ones(2)).shape
+    torch.Size([2, 4])
+    """
+    wavs = frontend.normalize_loudness(wavs, wav_lens)
+    return embed_utterances(encoder, frontend.spectrogram(wavs), wav_lens, wavs.shape[1])
+
+
+def eer_threshold(positive: torch.Tensor, negative: torch.Tensor) -> float:
+    """The score at which false rejections and false acceptances are equal: the decision
+    threshold the recipe chooses on its validation trials.
+
+    Example
+    -------
+    >>> t = eer_threshold(torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0.1, 0.2, 0.3]))
+    >>> 0.3 <= t <= 0.7
+    True
+    """
+    from speechbrain.utils.metric_stats import EER
+
+    if len(positive) == 0 or len(negative) == 0:
+        raise ValueError("A threshold needs target and non-target trials; one kind is missing.")
+    return float(EER(positive.float(), negative.float())[1])
+
+
 def ge2e_loss(
     embeddings: torch.Tensor, speakers: int, weight: torch.Tensor, bias: torch.Tensor
 ) -> torch.Tensor:

@@ -19,6 +19,7 @@ Authors
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -44,11 +45,13 @@ from recipes.audio import crop_batch, crop_starts, load_audio
 from recipes.bookkeeping import sha256_json
 from recipes.common import load_manifest
 from recipes.corpus.trials import read_trials, speaker_group, write_trials
+from recipes.inference import MODEL_FOLDERS, model_inference_folder, trained_files
 from recipes.speaker.model import (
     PARTIAL_FRAMES,
     PARTIAL_SAMPLES,
     eer_and_min_dcf,
-    embed_utterances,
+    eer_threshold,
+    embed_waveforms,
     ge2e_loss,
     split_by_label,
     trial_scores,
@@ -150,13 +153,11 @@ class SpeakerVerification(AdaptationBrain):
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
         frontend = self.hparams.compute_features
-        wavs = frontend.normalize_loudness(wavs, wav_lens)
-        if stage == sb.Stage.TRAIN:
-            crops = self._crops(wavs, wav_lens, batch.id)
-            mels = frontend.spectrogram(crops)[:, :PARTIAL_FRAMES]
-            return self.modules.model(mels)
-        mels = frontend.spectrogram(wavs)
-        return embed_utterances(self.modules.model, mels, wav_lens, wavs.shape[1])
+        if stage != sb.Stage.TRAIN:  # as the inference interface computes them
+            return embed_waveforms(frontend, self.modules.model, wavs, wav_lens)
+        crops = self._crops(frontend.normalize_loudness(wavs, wav_lens), wav_lens, batch.id)
+        mels = frontend.spectrogram(crops)[:, :PARTIAL_FRAMES]
+        return self.modules.model(mels)
 
     def _crops(self, wavs, wav_lens, ids):
         """One 1.6 s crop per utterance, placed by a hash of (seed, epoch, ID): resumable."""
@@ -290,6 +291,42 @@ def dataio_prepare(hparams, trials: dict[str, list]):
     return train, valid, tests, report
 
 
+#: The settings the inference folder rebuilds the encoder and its front end with.
+ARCHITECTURE = ("sample_rate", "n_mels", "hidden_size", "num_layers", "embedding_size")
+
+
+def validation_threshold(brain: SpeakerVerification, valid_set) -> float:
+    """The cosine score at the equal error rate of the validation trials, for the model as it
+    is now (the best checkpoint, once the run has evaluated it): the decision threshold."""
+    hparams = brain.hparams
+    kwargs = {k: v for k, v in hparams.test_loader.items() if k != "ckpt_prefix"}  # Brain's own
+    loader = sb.dataio.dataloader.make_dataloader(valid_set, **kwargs)
+    model = hparams.modules["model"]  # not the DDP wrapper: this runs on the main process only
+    model.eval()
+    embeddings = {}
+    with torch.no_grad():
+        for batch in loader:
+            batch = batch.to(brain.device)
+            wavs, wav_lens = batch.sig
+            found = embed_waveforms(hparams.compute_features, model, wavs, wav_lens)
+            embeddings.update(zip(batch.id, found.float().cpu()))
+    scores = trial_scores(embeddings, brain.trials["valid"])
+    return eer_threshold(*split_by_label(scores, brain.trials["valid"]))
+
+
+def write_inference(brain: SpeakerVerification, hparams, valid_set) -> Path:
+    """``<output_folder>/inference``: ``SpeakerVerifier.from_hparams`` with what this run
+    trained and the decision threshold chosen on its validation trials."""
+    values = {key: hparams[key] for key in ARCHITECTURE}
+    values["base_checkpoint"] = os.path.abspath(hparams["base_checkpoint"])
+    values["threshold"] = round(validation_threshold(brain, valid_set), 6)
+    task, modules = MODEL_FOLDERS["SpeakerVerifier"]
+    folder = Path(hparams["output_folder"]) / "inference"
+    adapted = hparams.get("adapted_model")
+    files = trained_files(brain, hparams)
+    return model_inference_folder(folder, task, values, adapted, files, modules)
+
+
 def main():
     hparams, run_opts = setup_experiment(sys.argv[1:])
     prepare_corpus_on_main(hparams)
@@ -323,8 +360,9 @@ def main():
     if if_main_process():
         logger.info("Data: %s", data_report)
     run_adaptation(
-        brain, hparams, hparams["modules"]["model"], train_set, valid_set, test_sets, data_report
-    )
+        brain, hparams, hparams["modules"]["model"], train_set, valid_set, test_sets, data_report,
+        write_inference=functools.partial(write_inference, valid_set=valid_set),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,0 +1,188 @@
+"""Speaker verification with what a run of ``recipes/speaker/train.py`` trained.
+
+    python -m recipes.verify results/speaker/lora/telephone a.wav b.wav
+    python -m recipes.verify results/speaker/lora/telephone --trials trials.txt \\
+        --audio-root data/corpus --output scores.csv
+
+RUN is a run folder or its ``inference/`` folder. With two files, prints their cosine
+score and the decision at the threshold the run chose on its validation trials
+(``--threshold`` sets another). With ``--trials``, reads a VoxCeleb-style list, one
+trial a line: ``label enrol test`` (label 1: same speaker, 0: not) or ``enrol test``;
+paths are relative to ``--audio-root``. Each recording is embedded once. Writes one
+row per trial (``enrol, test, score, same`` and ``label`` when given) to ``--output``
+(``.csv`` or ``.jsonl``) or standard output, and with labels prints the list's equal
+error rate. A recording that cannot be read gets one error line; the trials that do
+not need it are still scored, and the exit status is 1.
+
+Authors
+ * speech-adapters contributors 2026
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from recipes.audio import AudioError
+from recipes.inference import interface_class, load_inference
+from recipes.io import write_text
+
+
+@dataclass
+class Trial:
+    """One pair to verify, its label if the list gives one, and its outcome."""
+
+    enrol: str
+    test: str
+    label: int | None = None
+    score: float | None = None
+    same: bool | None = None
+
+
+def read_trial_list(path: str | Path) -> list[Trial]:
+    """``label enrol test`` or ``enrol test`` lines; a malformed line names itself.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "t.txt"
+    >>> _ = path.write_text("1 a.wav b.wav\\n\\nc.wav d.wav\\n")
+    >>> [(t.label, t.enrol, t.test) for t in read_trial_list(path)]
+    [(1, 'a.wav', 'b.wav'), (None, 'c.wav', 'd.wav')]
+    """
+    trials = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) == 3 and fields[0] in ("0", "1"):
+            trials.append(Trial(fields[1], fields[2], int(fields[0])))
+        elif len(fields) == 2:
+            trials.append(Trial(fields[0], fields[1]))
+        else:
+            raise ValueError(
+                f"Trial list {path}, line {number}: expected 'label enrol test' (label 0 or 1) "
+                f"or 'enrol test', got {line.strip()!r}."
+            )
+    return trials
+
+
+def load_verifier(run: str | Path, device: str = "cpu"):
+    """The ``SpeakerVerifier`` of a speaker run (or its inference folder)."""
+    folder = Path(run)
+    inference = folder / "inference" if (folder / "inference").is_dir() else folder
+    name = interface_class(inference).__name__
+    if name != "SpeakerVerifier":
+        raise ValueError(
+            f"{run} holds a {name} model, not a speaker verifier: give the folder of a run of "
+            "recipes/speaker/train.py."
+        )
+    return load_inference(inference, device=device)
+
+
+def score_trials(verifier, trials: list[Trial], root: Path, threshold: float) -> list[str]:
+    """Score ``trials`` in place (each recording embedded once); return one error line per
+    recording that could not be embedded (its trials keep no score)."""
+    embeddings: dict[str, torch.Tensor] = {}
+    errors = []
+    paths = sorted({p for t in trials for p in (t.enrol, t.test)})
+    for path in tqdm(paths, desc="embedding", unit="file", file=sys.stderr, disable=None):
+        try:
+            embeddings[path] = verifier.embed_file(str(root / path))
+        except (AudioError, OSError, RuntimeError, ValueError) as err:
+            errors.append(f"error: {root / path}: {str(err).splitlines()[0]}")
+    for trial in trials:
+        if trial.enrol in embeddings and trial.test in embeddings:
+            a, b = embeddings[trial.enrol], embeddings[trial.test]
+            trial.score = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+            trial.same = trial.score > threshold
+    return errors
+
+
+def equal_error_rate(trials: list[Trial]) -> float | None:
+    """EER (%) over the scored, labelled trials; None without both kinds."""
+    from speechbrain.utils.metric_stats import EER
+
+    scored = [t for t in trials if t.score is not None and t.label is not None]
+    positive = torch.tensor([t.score for t in scored if t.label == 1])
+    negative = torch.tensor([t.score for t in scored if t.label == 0])
+    if len(positive) == 0 or len(negative) == 0:
+        return None
+    return 100.0 * float(EER(positive, negative)[0])
+
+
+def rows_text(trials: list[Trial], suffix: str) -> str:
+    """The trials as CSV (``suffix`` ``.csv``, also for standard output) or JSON lines."""
+    labelled = any(t.label is not None for t in trials)
+    keys = ["enrol", "test", "score", "same"] + (["label"] if labelled else [])
+    rows = [
+        {
+            "enrol": t.enrol,
+            "test": t.test,
+            "score": None if t.score is None else round(t.score, 6),
+            "same": t.same,
+            **({"label": t.label} if labelled else {}),
+        }
+        for t in trials
+    ]
+    if suffix == ".jsonl":
+        return "".join(json.dumps(row) + "\n" for row in rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m recipes.verify", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("run", help="a speaker run's output folder (or its inference/ folder)")
+    parser.add_argument("files", nargs="*", help="two recordings to compare")
+    parser.add_argument("--trials", help="a trial list: 'label enrol test' or 'enrol test' lines")
+    parser.add_argument("--audio-root", default=".", help="folder the trial list's paths are in")
+    parser.add_argument("--output", help="write the scores here (.csv or .jsonl)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--threshold", type=float, help="decision threshold (default: the run's)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    if bool(args.trials) == bool(args.files) or (args.files and len(args.files) != 2):
+        parser.error("give two recordings, or --trials LIST")
+    if args.output and Path(args.output).suffix not in (".csv", ".jsonl"):
+        parser.error("--output must end in .csv or .jsonl")
+    if args.output and Path(args.output).exists() and not args.overwrite:
+        parser.error(f"{args.output} exists: choose another --output, or give --overwrite")
+    try:
+        verifier = load_verifier(args.run, args.device)
+        trials = [Trial(*args.files)] if args.files else read_trial_list(args.trials)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    threshold = verifier.hparams.threshold if args.threshold is None else args.threshold
+    root = Path(args.audio_root) if args.trials else Path(".")
+    errors = score_trials(verifier, trials, root, threshold)
+    for line in errors:
+        print(line, file=sys.stderr)
+    text = rows_text(trials, Path(args.output).suffix if args.output else ".csv")
+    if args.output:
+        write_text(args.output, text)
+        print(f"{len(trials)} trials scored into {args.output} (threshold {threshold:g})")
+    else:
+        sys.stdout.write(text)
+    eer = equal_error_rate(trials)
+    if eer is not None:
+        print(f"EER {eer:.2f}% over {sum(t.score is not None for t in trials)} labelled trials")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
