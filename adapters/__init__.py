@@ -10,6 +10,7 @@ from adapters.dora import DoRA
 from adapters.houlsby import Houlsby, HoulsbyAdapterLinear
 from adapters.lora import LoRA
 from adapters.peft_bridge import peft_adapter
+from adapters.peft_format import PeftFormatError, load_peft, save_peft
 from adapters.pool_lora import PoolLoRA
 from adapters.state import base_fingerprint, read_adapter_metadata
 
@@ -20,8 +21,11 @@ __all__ = [
     "Houlsby",
     "HoulsbyAdapterLinear",
     "LoRA",
+    "PeftFormatError",
     "PoolLoRA",
     "base_fingerprint",
+    "load_peft",
     "peft_adapter",
     "read_adapter_metadata",
+    "save_peft",
 ]

@@ -15,7 +15,7 @@
   ``peft.PeftModel.from_pretrained``; other adapter kinds are refused with the reason.
 
 The run's own ``adapter.safetensors`` (with the base's fingerprint) stays the default
-format; a PEFT folder loads back with :func:`recipes.whisper.export.load_peft`.
+format; a PEFT folder loads back with :func:`adapters.peft_format.load_peft`.
 
 Nothing is destroyed: the folder is built in a temporary sibling and swapped in; an
 output folder holding files this command did not write is refused unless
@@ -45,7 +45,7 @@ from recipes.inference import (
     model_inference_folder,
     whisper_inference_folder,
 )
-from recipes.io import check_target
+from recipes.io import check_target, replace_folder
 from recipes.overrides import yaml_keys
 from recipes.transcribe import adapted_model_of
 
@@ -127,14 +127,17 @@ def export(run: str | Path, to: str, output: str | Path, overwrite: bool = False
     check_target(output, **target)  # before any work
     if to == "speechbrain":
         return export_speechbrain(asr, output, **target)
-    from recipes.whisper.export import export_transformers, save_peft
+    from adapters.peft_format import save_peft
+    from recipes.whisper.export import export_transformers
 
     whisper, adapted = asr.hparams.whisper, adapted_model_of(asr)
     if to == "transformers":
         return export_transformers(whisper, adapted, asr.hparams.base_source, output, **target)
     if adapted is None:
         raise ValueError(f"--to peft exports adapters; {run} is a full fine-tuning run.")
-    return save_peft(adapted, output, base_model_name_or_path=asr.hparams.base_source, **target)
+    with replace_folder(output, **target) as tmp:
+        save_peft(adapted, tmp, base_model_name_or_path=asr.hparams.base_source)
+    return output
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,16 +12,11 @@ import torch
 from torch import nn
 
 from adapters import AdaptedModel, DoRA, Houlsby, LoRA, PoolLoRA, peft_adapter
+from adapters.peft_format import PeftFormatError, load_peft, save_peft
 from recipes.io import TargetError
 from recipes.whisper import convert
-from recipes.whisper.export import (
-    ExportError,
-    export_transformers,
-    greedy_suppress_tokens,
-    load_peft,
-    save_peft,
-    whisper_generation_config,
-)
+from recipes.whisper.export import ExportError, export_transformers
+from recipes.whisper.generation import greedy_suppress_tokens, whisper_generation_config
 from recipes.whisper.model import WindowedWhisper
 from recipes.whisper.random_init import save_random_whisper
 
@@ -257,7 +252,7 @@ def test_save_peft_refuses_what_peft_cannot_represent(tmp_path):
                       adapter_kwargs={"rank": 2}), "nn.Linear"),
     ]  # fmt: skip
     for i, (adapted, reason) in enumerate(cases):
-        with pytest.raises(ExportError, match=reason) as err:
+        with pytest.raises(PeftFormatError, match=reason) as err:
             save_peft(adapted, tmp_path / str(i))
         assert "and 1 more" in str(err.value) or i == 4
         assert not (tmp_path / str(i)).exists()
@@ -277,7 +272,7 @@ def test_save_peft_refuses_torch_multihead_attention(tmp_path):
     adapted = AdaptedModel(Attention(), LoRA, all_linear=True, adapter_kwargs={"rank": 2})
     assert "mha.out_proj" in adapted.adapted_layers
     with pytest.raises(
-        ExportError, match=r"nn.MultiheadAttention applies the out_proj update twice"
+        PeftFormatError, match=r"nn.MultiheadAttention applies the out_proj update twice"
     ):
         save_peft(adapted, tmp_path / "mha")
     assert not (tmp_path / "mha").exists()
@@ -365,7 +360,7 @@ def test_load_peft_refuses_a_mismatched_folder(tiny, peft_trained, tmp_path, kwa
     (folder / "adapter_config.json").write_text(json.dumps({**config, **edit}))
     adapted = adapt_like_peft(tiny, **kwargs)
     before = {n: a.lora_A.clone() for n, a in adapted.adapters().items()}
-    with pytest.raises(ExportError, match=reason):
+    with pytest.raises(PeftFormatError, match=reason):
         load_peft(adapted, folder)
     assert all(torch.equal(a.lora_A, before[n]) for n, a in adapted.adapters().items())
 

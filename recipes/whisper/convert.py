@@ -271,7 +271,7 @@ def convert_ct2_whisper(
     """
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    from recipes.whisper.export import declare_special_tokens, whisper_generation_config
+    from recipes.whisper.generation import declare_special_tokens, whisper_generation_config
 
     ct2_dir, output_dir = Path(ct2_dir), Path(output_dir)
     model_bin = ct2_dir / "model.bin"
