@@ -19,24 +19,32 @@ import json
 import logging
 import os
 import shutil
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from datetime import date
+from functools import partial
 from typing import Any
 
 import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml
-from speechbrain.utils.distributed import if_main_process, run_on_main
+from hyperpyyaml import load_hyperpyyaml, resolve_references
+from speechbrain.utils.distributed import ddp_broadcast, if_main_process, run_on_main
 
 from recipes.bookkeeping import (
     RunLock,
     RunState,
     check_inputs,
+    defer_until_accepted,
     describe_setting,
     fault_point,
+    figure_run_options,
+    figure_settings,
     input_fingerprint,
 )
 from recipes.common import write_json
+from recipes.io import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +53,16 @@ def setup_experiment(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Parse ``train.py hparams.yaml --key value ...`` the SpeechBrain way.
 
     Initialises DDP when launched by ``torchrun``, loads the YAML with the
-    command-line overrides, takes the output folder's lock (a second run into
-    it stops at once) and creates the experiment folder.
+    command-line overrides, records the run options that change figures in
+    ``hparams["run_options"]`` (``--precision``...), and takes the output folder's
+    lock (a second run into it stops at once).
+
+    Nothing else is written into the output folder until the run's inputs are
+    accepted (:func:`recipes.bookkeeping.check_inputs`, from :func:`run_adaptation`):
+    the log goes to a staging folder, the base model's files are collected there
+    too, and ``hyperparams.yaml``, ``env.log``, ``log.txt`` and
+    ``save/pretrained`` are written only then. A refused rerun leaves the folder
+    as it found it, so the folder still says what trained it.
 
     Returns
     -------
@@ -59,15 +75,85 @@ def setup_experiment(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file) as handle:
         hparams = load_hyperpyyaml(handle, overrides)
+    hparams["run_options"] = figure_run_options(run_opts, hparams)
+    folder = hparams["output_folder"]
+    staging = _staging_folder()
+    collect_in = _collect_base_in(hparams, os.path.join(staging, "pretrained"))
     if if_main_process():  # one run per output folder, released when the process ends
-        lock = RunLock(hparams["output_folder"])
+        lock = RunLock(folder)
         atexit.register(lock.release)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
+        atexit.register(shutil.rmtree, staging, ignore_errors=True)
+        _log_to(os.path.join(staging, "log.txt"))
+        write = partial(
+            _open_experiment_folder, hparams, hparams_file, overrides, staging, collect_in
+        )
+        defer_until_accepted(folder, hparams["run_options"], write)
     return hparams, run_opts
+
+
+def _staging_folder() -> str:
+    """A temporary folder, the same for every DDP process, removed when the run ends."""
+    path = tempfile.mkdtemp(prefix="speech-adapters-run-") if if_main_process() else None
+    return ddp_broadcast(path, src=0)
+
+
+def _collect_base_in(hparams: dict[str, Any], staging: str) -> str | None:
+    """Point the YAML's ``pretrainer`` (if any) at ``staging``; return where it pointed.
+
+    The base model's files are linked there by :func:`load_pretrained_base` and
+    moved to their place in the output folder once the run is accepted.
+    """
+    pretrainer = hparams.get("pretrainer")
+    if pretrainer is None or getattr(pretrainer, "collect_in", None) is None:
+        return None
+    original = str(pretrainer.collect_in)
+    pretrainer.set_collect_in(staging)
+    return original
+
+
+def _log_to(path: str) -> None:
+    """SpeechBrain's logging (console, and a file at ``path``); uncaught errors logged."""
+    sb.utils.logger.setup_logging(
+        sb.core.DEFAULT_LOG_CONFIG, {"handlers": {"file_handler": {"filename": path}}}
+    )
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind: type[BaseException], error: BaseException, trace: Any) -> None:
+    logger.error("Exception:", exc_info=(kind, error, trace))
+
+
+def _open_experiment_folder(
+    hparams: dict[str, Any],
+    hparams_file: str,
+    overrides: str,
+    staging: str,
+    collect_in: str | None,
+) -> None:
+    """What SpeechBrain's ``create_experiment_directory`` writes, once the run is accepted
+    (main process): ``hyperparams.yaml``, a copy of this module, ``env.log``, and
+    ``log.txt`` continued from the staging log; then the base model's links in
+    ``collect_in`` (``save/pretrained``)."""
+    folder = hparams["output_folder"]
+    with open(hparams_file) as handle:
+        resolved = resolve_references(handle, overrides).getvalue()
+    header = f"# Generated {date.today()} from:\n# {os.path.abspath(hparams_file)}\n"
+    write_text(os.path.join(folder, "hyperparams.yaml"), header + "# yamllint disable\n" + resolved)
+    shutil.copy(__file__, folder)
+    description = sb.utils.logger.get_environment_description()
+    write_text(os.path.join(folder, "env.log"), description)
+    log = os.path.join(folder, "log.txt")
+    staged_log = os.path.join(staging, "log.txt")
+    if os.path.isfile(staged_log):
+        with open(staged_log) as source, open(log, "a") as target:
+            shutil.copyfileobj(source, target)
+    _log_to(log)
+    logger.info("Experiment folder: %s (its inputs accepted)", folder)
+    staged = os.path.join(staging, "pretrained")
+    if collect_in is not None and os.path.isdir(staged):
+        shutil.rmtree(collect_in, ignore_errors=True)
+        shutil.copytree(staged, collect_in, symlinks=True)
+        hparams["pretrainer"].set_collect_in(collect_in)
 
 
 def prepare_corpus_on_main(hparams: dict[str, Any]) -> None:
@@ -157,8 +243,9 @@ class AdaptationBrain(sb.Brain):
         super().on_fit_start()
         self.skipped_updates = getattr(self, "skipped_updates", 0)
         self._nonfinite_in_a_row, self._nonfinite_batch = 0, False
-        # Until an update with a non-zero gradient and learning rate is seen, in a first epoch.
-        self._learning_seen = self.hparams.epoch_counter.current > 0
+        # Until an update with a non-zero gradient and learning rate is seen, in a first epoch
+        # (one resumed from a checkpoint written inside it, after updates, is not checked).
+        self._learning_seen = self.hparams.epoch_counter.current > 0 or self.step > 0
 
     def _trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.modules.parameters() if p.requires_grad]
@@ -496,6 +583,8 @@ def run_adaptation(
         "trainable_pct": round(100.0 * trainable / total, 3),
         "metric": brain.selection_metric,
         "table_decimals": brain.table_decimals,
+        # Every setting that can change a figure, run options (precision...) included.
+        "settings": figure_settings(hparams),
     }
     if adapted is not None:
         summary["adapters"] = adapted.summary()

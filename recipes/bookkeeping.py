@@ -5,11 +5,9 @@
 - ``input_fingerprint`` / ``check_inputs``: what a run was built from (base weights,
   data contents, settings, code), recorded in ``inputs.json``; a rerun or
   continuation whose inputs differ stops and names what changed.
-- ``RunState``: a checkpoint recoverable with every random state training consumes
-  and the training time so far, so a resumed run continues exactly.
-- ``CompleteCheckpointer``: SpeechBrain's ``Checkpointer`` whose checkpoints count
-  only once fully written; one cut short by a kill is removed with a warning.
-- ``fault_point``: where the fault-injection tests kill a run (``SPEECH_ADAPTERS_FAULT``).
+- ``RunState``, ``CompleteCheckpointer``, ``fault_point``: exact resumption after a
+  kill at any moment, checked checkpoints and fault injection, defined in
+  :mod:`recipes.resumption` and named here too (the YAMLs use these names).
 
 Authors
  * speech-adapters contributors 2026
@@ -22,22 +20,20 @@ import inspect
 import json
 import logging
 import os
-import random
 import shutil
-import signal
 import socket
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from speechbrain.utils import checkpoints
-from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
 from recipes.common import write_json
+
+# Defined in recipes.resumption; the YAMLs and the recipes name them here.
+from recipes.resumption import CompleteCheckpointer, RunState, fault_point  # noqa: F401
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,19 +47,6 @@ NEUTRAL_SETTINGS = frozenset({
 #: What a fresh start removes from an output folder (never anything else).
 RUN_FILES = ("save", "summary.json", "before.json", "inputs.json", "adapter.safetensors",
              "train_log.txt")  # fmt: skip
-
-_FAULT_HITS: dict[str, int] = {}
-
-
-def fault_point(name: str) -> None:
-    """Kill this process (SIGKILL) at the ``count``-th pass here when
-    ``SPEECH_ADAPTERS_FAULT=name:count`` is set: the fault-injection tests' hook."""
-    wanted = os.environ.get("SPEECH_ADAPTERS_FAULT", "")
-    if not wanted.startswith(name + ":"):
-        return
-    _FAULT_HITS[name] = _FAULT_HITS.get(name, 0) + 1
-    if _FAULT_HITS[name] == int(wanted.split(":")[1]):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ------------------------------------------------------------------- lock
@@ -333,12 +316,141 @@ test_search']
     return changes
 
 
+# ------------------------------------------------- run options and acceptance
+#: SpeechBrain run options (``--precision bf16``...) that change a run's figures: recorded
+#: in ``hparams["run_options"]`` (so in the summary and the settings fingerprint), and a
+#: resumed run must keep them. Checkpoint intervals, workers and progress bars do not.
+FIGURE_RUN_OPTIONS = (
+    "precision", "eval_precision", "grad_accumulation_factor", "max_grad_norm",
+    "skip_nonfinite_grads", "nonfinite_patience", "optimizer_step_limit",
+    "remove_vector_weight_decay", "debug", "debug_batches", "debug_epochs", "jit", "compile",
+)  # fmt: skip
+
+#: Per output folder (its real path): the run options of this process's run and what
+#: is written there once its inputs are accepted (:func:`check_inputs`).
+_PENDING_RUNS: dict[str, dict[str, Any]] = {}
+
+
+def figure_run_options(run_opts: Mapping[str, Any], hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The run options that change figures, as the ``Brain`` will apply them.
+
+    A value given on the command line wins, then one in the YAML, then SpeechBrain's
+    default (the ``Brain``'s own order); the older ``auto_mix_prec`` and
+    ``bfloat16_mix_prec`` flags become the precision they select. The device kind and
+    the number of processes are recorded too.
+
+    Parameters
+    ----------
+    run_opts : mapping
+        SpeechBrain's run options (``sb.parse_arguments``); ``overridden_args`` names
+        those given on the command line (a plain mapping: all of its keys).
+    hparams : mapping
+        The loaded hyperparameters.
+
+    Returns
+    -------
+    dict
+        Option name -> plain value.
+
+    Example
+    -------
+    >>> options = figure_run_options({"precision": "bf16"}, {"precision": "fp32", "lr": 1.0})
+    >>> options["precision"], options["world_size"]  # the command line wins over the YAML
+    ('bf16', 1)
+    """
+    given = getattr(run_opts, "overridden_args", None)
+    given = set(run_opts) if given is None else set(given)
+
+    def value(key: str) -> Any:
+        if key in given or key not in hparams:
+            return run_opts.get(key)
+        return hparams[key]
+
+    options = {key: value(key) for key in FIGURE_RUN_OPTIONS if key in run_opts or key in hparams}
+    if value("auto_mix_prec"):
+        options["precision"] = "fp16"
+    if value("bfloat16_mix_prec"):
+        options["precision"] = "bf16"
+    device = value("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    options["device_type"] = str(device).split(":")[0]
+    options["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
+    return options
+
+
+def figure_settings(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The value of every setting that can change a figure, for ``summary.json``.
+
+    The plain YAML settings the settings fingerprint covers (paths, workers and
+    caches left out; see :func:`settings_fingerprint`), ``run_options`` among them.
+
+    Example
+    -------
+    >>> figure_settings({"lr": 0.01, "output_folder": "out", "run_options": {"precision": "bf16"},
+    ...                  "train_loader": {"batch_size": 4, "num_workers": 2}})
+    {'lr': 0.01, 'run_options': {'precision': 'bf16'}, 'train_loader': {'batch_size': 4}}
+    """
+    settings = {}
+    for key in sorted(settings_fingerprint(hparams)):
+        value = hparams[key]
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k != "num_workers"}
+        settings[key] = value
+    return settings
+
+
+def defer_until_accepted(
+    folder: str, run_options: Mapping[str, Any], write: Callable[[], None]
+) -> None:
+    """Hold ``write`` (what a run writes into ``folder``: its settings file, log,
+    environment) until :func:`check_inputs` accepts the folder's inputs, so that a
+    refused run changes nothing there; ``run_options`` are checked against the
+    options the folder's run was made with."""
+    _PENDING_RUNS[os.path.realpath(folder)] = {"run_options": dict(run_options), "write": write}
+
+
+def changed_run_options(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``name: recorded -> current`` for each figure-changing run option that differs.
+
+    Example
+    -------
+    >>> changed_run_options({"precision": "fp32", "jit": False}, {"precision": "bf16"})
+    ['precision: fp32 -> bf16']
+    """
+    return [
+        f"{key}: {recorded[key]} -> {current[key]}"
+        for key in sorted(set(recorded) & set(current))
+        if recorded[key] != current[key]
+    ]
+
+
+def _refuse_changed_run_options(folder: str, recorded: Mapping, current: Mapping) -> None:
+    changes = changed_run_options(recorded, current)
+    if not changes:
+        return
+    differing = [k for k in sorted(set(recorded) & set(current)) if recorded[k] != current[k]]
+    how = [f"--{key} {recorded[key]}" for key in differing if key in FIGURE_RUN_OPTIONS]
+    if set(differing) - set(FIGURE_RUN_OPTIONS):  # the device kind or the process count
+        how.append("the same device kind and number of processes")
+    raise RuntimeError(
+        f"The output folder {folder} holds a run made with other run options than this "
+        f"command's ({'; '.join(changes)}, recorded -> asked). Continuing it would mix them in "
+        f"one result. To continue that run, rerun with {' and '.join(how)}; to train again "
+        "with the new options, rerun with --fresh_start True (deletes that run's checkpoints "
+        "and results) or choose another --output_folder."
+    )
+
+
 def check_inputs(folder: str, current: dict, fresh_start: bool = False) -> None:
     """Record ``current`` in ``<folder>/inputs.json``, or stop if a run there was built otherwise.
 
     With ``fresh_start``, the earlier run's files (``RUN_FILES``) are deleted first.
     A folder with checkpoints but no record was made by an older version: refused too.
+    The run options given to :func:`defer_until_accepted` for this folder are compared
+    with the recorded ones (naming both values) and recorded; once accepted, what was
+    deferred is written. A refusal changes nothing in the folder.
     """
+    pending = _PENDING_RUNS.pop(os.path.realpath(folder), {})
+    options = pending.get("run_options", {})
     path = os.path.join(folder, "inputs.json")
     if fresh_start:
         for name in RUN_FILES:
@@ -350,7 +462,9 @@ def check_inputs(folder: str, current: dict, fresh_start: bool = False) -> None:
                 os.remove(target)
     if os.path.isfile(path):
         with open(path) as handle:
-            changes = changed_inputs(json.load(handle), current)
+            recorded = json.load(handle)
+        _refuse_changed_run_options(folder, recorded.get("run_options", {}), options)
+        changes = changed_inputs(recorded, current)
     elif os.path.isdir(os.path.join(folder, "save")) and any(Path(folder, "save").glob("CKPT*")):
         changes = ["unknown: its checkpoints have no record of their inputs (inputs.json)"]
     else:
@@ -362,92 +476,6 @@ def check_inputs(folder: str, current: dict, fresh_start: bool = False) -> None:
             "(--output_folder ...) or here with --fresh_start True (deletes that run's "
             "checkpoints and results)."
         )
-    write_json(path, current)
-
-
-# ------------------------------------------------------- exact resumption
-@partial(checkpoints.register_checkpoint_hooks, save_on_main_only=False)  # every process saves
-class RunState:
-    """Random states (torch, CUDA, numpy, Python) and training seconds, checkpointed.
-
-    Saved as JSON (no pickle), one file per DDP process. Loading restores the random streams, so dropout,
-    augmentation and data order after a resume are those of an uninterrupted run.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> state, path = RunState(), tempfile.mktemp()
-    >>> state.train_seconds = 12.5
-    >>> state._save(path)
-    >>> expected = torch.rand(3)
-    >>> other = RunState()
-    >>> other._load(path, end_of_epoch=True)
-    >>> torch.equal(torch.rand(3), expected), other.train_seconds
-    (True, 12.5)
-    """
-
-    def __init__(self) -> None:
-        self.train_seconds = 0.0
-
-    @checkpoints.mark_as_saver
-    def _save(self, path: str) -> None:
-        fault_point("checkpoint_write")
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        state = {
-            "torch": torch.get_rng_state().tolist(),
-            "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()]
-            if torch.cuda.is_available()
-            else [],
-            "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
-            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-            "train_seconds": self.train_seconds,
-        }
-        write_json(_for_this_rank(path), state)
-
-    @checkpoints.mark_as_loader
-    def _load(self, path: str, end_of_epoch: bool) -> None:
-        del end_of_epoch
-        mine = _for_this_rank(path)
-        with open(mine if os.path.isfile(mine) else path) as handle:
-            state = json.load(handle)
-        torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-        if state["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(
-                [torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]]
-            )
-        kind, keys, pos, has_gauss, gauss = state["numpy"]
-        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-        version, internal, gauss_next = state["python"]
-        random.setstate((version, tuple(internal), gauss_next))
-        self.train_seconds = float(state["train_seconds"])
-
-
-def _for_this_rank(path: str) -> str:
-    """Each DDP process keeps its own random states: ``path`` for rank 0, ``path.rank<r>`` else."""
-    rank = int(os.environ.get("RANK", "0"))
-    return str(path) if rank == 0 else f"{path}.rank{rank}"
-
-
-class CompleteCheckpointer(checkpoints.Checkpointer):
-    """SpeechBrain's ``Checkpointer``; a checkpoint counts once a ``COMPLETE`` marker
-    is written after all its files. Directories without it (a kill mid-write) are
-    removed with a warning instead of failing every later run."""
-
-    MARKER = "COMPLETE"
-
-    def save_checkpoint(self, *args: Any, **kwargs: Any):
-        ckpt = super().save_checkpoint(*args, **kwargs)
-        ddp_barrier()  # every process has written its files (each keeps its random states)
-        if ckpt is not None:  # the main process
-            Path(ckpt.path, self.MARKER).touch()
-        ddp_barrier()  # no process lists checkpoints before the marker exists
-        return ckpt
-
-    def list_checkpoints(self):
-        """Complete checkpoints only; the main process removes the others (a kill mid-write)."""
-        for path in self._list_checkpoint_dirs():
-            if not Path(path, self.MARKER).is_file() and if_main_process():
-                logger.warning("Removing %s: a checkpoint cut short while being written.", path)
-                shutil.rmtree(path, ignore_errors=True)
-        complete = [p for p in self._list_checkpoint_dirs() if Path(p, self.MARKER).is_file()]
-        return self._construct_checkpoint_objects(complete)
+    write_json(path, {**current, "run_options": options} if pending else current)
+    if pending:
+        pending["write"]()
