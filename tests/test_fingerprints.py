@@ -98,12 +98,12 @@ def test_objects_are_described_by_their_settings_and_changes_are_named():
 
 # ------------------------------------------------------------------------------ VAD
 def vad_manifest(tmp_path: Path, speech: list[str]) -> Path:
-    """One-second recordings with the given ``speech`` column."""
+    """Two-second recordings with the given ``speech`` column."""
     rows = []
     for i, segments in enumerate(speech):
         path = tmp_path / f"u{i}.wav"
-        soundfile.write(path, np.random.default_rng(i).standard_normal(16000) * 0.1, 16000)
-        rows.append({"ID": f"u{i}", "duration": "1.0", "wav": str(path), "speech": segments})
+        soundfile.write(path, np.random.default_rng(i).standard_normal(32000) * 0.1, 16000)
+        rows.append({"ID": f"u{i}", "duration": "2.0", "wav": str(path), "speech": segments})
     return write_rows(tmp_path / "vad.csv", rows)
 
 
@@ -118,7 +118,7 @@ def vad_datasets(tmp_path: Path, manifest: Path):
 @pytest.mark.parametrize(
     ("speech", "expected"),
     [
-        (["0.1-0.3", "1.5-1.8 0.2-0.4"], "'1.5-1.8' ends at 1.8 s, after the recording"),
+        (["0.1-0.3", "2.5-2.8 0.2-0.4"], "'2.5-2.8' ends at 2.8 s, after the recording"),
         (["0.1-0.3", "nan-1.9"], "'nan-1.9' holds a value that is not a finite number"),
         (["0.1-0.3", "0.6-0.4"], "'0.6-0.4' is not a time span"),
         (["", ""], "labels no speech in any of its 2 recordings"),
@@ -139,7 +139,7 @@ def test_vad_labels_are_checked_segment_by_segment(tmp_path, speech, expected):
 def test_vad_labels_that_fit_are_read_as_listed(tmp_path):
     train, _, _ = vad_datasets(tmp_path, vad_manifest(tmp_path, ["0.0-0.064", "0.5-0.6 0.1-0.2"]))
     labels = {item["id"]: item["labels"] for item in train}
-    assert labels["u0"][:3].tolist() == [1.0, 1.0, 0.0] and labels["u0"].shape == (32,)
+    assert labels["u0"][:3].tolist() == [1.0, 1.0, 0.0] and labels["u0"].shape == (63,)
     assert labels["u1"].sum() > 0
 
 
