@@ -245,9 +245,6 @@ class LoRA(Adapter):
     def _expand_A(self, lora_a: torch.Tensor) -> torch.Tensor:
         return lora_a
 
-    def _full_A(self) -> torch.Tensor:
-        return self._expand_A(self.lora_A)
-
     def lowrank_delta(self, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Return ``s * B @ A`` (per group) in the shape of the base weight (``A``, ``B``
         from ``params`` when given).
@@ -312,17 +309,24 @@ class LoRA(Adapter):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Base output plus the scaled low-rank branch; a frozen Linear without
-        dropout takes the fused path, one matmul by ``W + s B A``, unless the input
-        has so few tokens that forming ``W + s B A`` costs more than the branch."""
+        """Base output plus the scaled low-rank branch. In training, a frozen Linear
+        without dropout takes the fused path, one matmul by ``W + s B A``, unless the
+        input has so few tokens that forming ``W + s B A`` costs more than the branch.
+
+        Without gradients (inference) it always takes the branch: a choice by token
+        count would depend on the batch (eight samples cross the count where one does
+        not), and the two paths round differently, so a sample's output, and a greedy
+        transcript, would change with its batchmates. Mixed batches take the branch too.
+        """
         layer = self.base_layer
         if self.merged:
             return layer(x)
-        if not self.fusable() or few_tokens(x, layer.weight):
+        if (
+            not self.fusable()
+            or not needs_grad(x, self.lora_A, self.lora_B)
+            or few_tokens(x, layer.weight)
+        ):
             return layer(x) + self.lowrank_branch(x)
-        if not needs_grad(x, self.lora_A, self.lora_B):
-            merged = torch.addmm(layer.weight, self.lora_B, self._full_A(), alpha=self.scaling)
-            return F.linear(x, merged, layer.bias)
         return _FusedLoRALinear.apply(
             x, layer.weight, layer.bias, self.lora_A, self.lora_B, self.scaling,
             self._down_input, self._expand_A,

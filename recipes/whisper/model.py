@@ -93,6 +93,30 @@ class WindowedWhisper(Whisper):
         samples = frames * 2 * self._hop_length  # two mel frames per encoder frame
         return self.log_mel_spectrogram(self.pad_or_trim(wav, length=samples))
 
+    def log_mel_spectrogram(self, audio: torch.Tensor, padding: int = 0) -> torch.Tensor:
+        """Whisper's log-mel features of each recording, floored per recording.
+
+        SpeechBrain's version floors the features at their maximum minus 8 (log10 units)
+        with one maximum for the whole batch: a loud batchmate lifts the floor of a quiet
+        recording, so a transcript depends on the batch it is in. Whisper's own code and
+        the transformers feature extractor take the maximum per recording, as here.
+
+        Example
+        -------
+        >>> import tempfile
+        >>> from recipes.whisper.random_init import save_random_whisper
+        >>> whisper = WindowedWhisper(save_random_whisper(tempfile.mkdtemp()), tempfile.mkdtemp())
+        >>> quiet, loud = 0.001 * torch.randn(1, 16000), torch.randn(1, 16000)
+        >>> alone = whisper.log_mel_spectrogram(quiet)
+        >>> batched = whisper.log_mel_spectrogram(torch.cat([quiet, loud]))
+        >>> torch.equal(batched[:1], alone)
+        True
+        """
+        if audio.dim() < 2:
+            return super().log_mel_spectrogram(audio, padding)
+        rows = [super(WindowedWhisper, self).log_mel_spectrogram(row, padding) for row in audio]
+        return torch.stack(rows)
+
     def forward_encoder(self, mel: torch.Tensor) -> torch.Tensor:
         """Run the encoder over ``mel`` with the positional table cropped to fit."""
         with _cropped_positions(self.model.encoder, mel.shape[-1] // 2):
