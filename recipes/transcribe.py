@@ -12,10 +12,14 @@ SOURCE is a run folder, its ``inference/`` folder, or an adapter file with ``--b
 files, folders (searched for audio files) or CSV manifests (``ID``, ``wav`` and, for a
 per-file adapter choice, the ``--adapter_column``). Audio goes through the recipes'
 loader (resampled, downmixed); recordings longer than ``--chunk_s`` are cut into
-chunks whose transcripts are joined. Text goes to stdout as ``ID<TAB>text``;
-``--output`` writes CSV or JSON lines. A file that cannot be transcribed (unreadable
-audio, an unknown adapter name) gets one line on stderr; the others are still
-transcribed, and the exit status is 1.
+windows whose transcripts are joined (see ``plan_windows``: evenly sized, each cut in
+the quietest tenth of a second near its place, so no short tail and no cut through a
+word where there is a pause). A file's ID is its name without extension, or its
+manifest ``ID``; names that collide keep their extension, then their path. Text goes to
+stdout as ``ID<TAB>text``; ``--output`` writes CSV or JSON lines. A file that cannot be
+transcribed (unreadable or too short audio, an unknown adapter name, a model error on
+it) gets one line on stderr; the others are still transcribed and written, and the exit
+status is 1.
 
 Several ``--adapter NAME=PATH`` load adapter sets onto one base; a batch whose files
 chose different adapters runs as one mixed batch (``AdaptedModel.mixed_adapters``).
@@ -30,8 +34,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
+import itertools
 import json
 import logging
+import math
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -45,6 +52,17 @@ from recipes.inference import load_inference, whisper_inference_folder
 logger = logging.getLogger(__name__)
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif"}
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: A recording shorter than this holds no word; it is reported, not decoded.
+MIN_AUDIO_S = 0.1
+#: The shortest ``--chunk_s``: the windows of a long recording are at least a quarter of it.
+MIN_CHUNK_S = 1.0
+#: How far a cut between windows may move from its evenly spaced place (at most a
+#: sixth of the window) to land in a pause.
+CUT_SLACK_S = 5.0
+#: A cut lands in the middle of the quietest stretch this long (a pause between words),
+#: looked for every ``CUT_HOP_S``.
+PAUSE_S = 0.1
+CUT_HOP_S = 0.01
 
 
 @dataclass
@@ -59,10 +77,62 @@ class Item:
     error: str = ""
     seconds: float = 0.0
     chunks: list[torch.Tensor] = field(default_factory=list, repr=False)
+    #: More specific IDs to fall back on, in order, when this one is not unique.
+    longer_ids: list[str] = field(default_factory=list, repr=False)
+
+
+def _path_ids(path: Path, relative: Path | None = None) -> tuple[str, list[str]]:
+    """A file's ID and its fallbacks: the name without extension, with it, then the path
+    (relative to the folder it was found in, else as given)."""
+    shown = (relative if relative is not None else path).as_posix()
+    short = relative.with_suffix("").as_posix() if relative is not None else path.stem
+    name = relative.as_posix() if relative is not None else path.name
+    return short, [name, shown, str(path.resolve())]
+
+
+def unique_ids(items: list[Item]) -> None:
+    """Make the IDs of ``items`` unique, the same for the same inputs in the same order.
+
+    Items that share an ID move to their next fallback together (``congrats.mp3`` and
+    ``congrats.flac`` instead of two ``congrats``; then their paths) until they differ;
+    IDs that still repeat (a file given twice, a manifest repeating an ID) get ``#2``,
+    ``#3``... after the first.
+
+    Example
+    -------
+    >>> paths = [Path("a/x.mp3"), Path("a/x.flac"), Path("y.wav")]
+    >>> items = [Item(_path_ids(p)[0], str(p), longer_ids=_path_ids(p)[1]) for p in paths]
+    >>> items.append(Item("y.wav", "other.wav"))  # a manifest's ID
+    >>> unique_ids(items)
+    >>> [item.id for item in items]
+    ['x.mp3', 'x.flac', 'y', 'y.wav']
+    """
+    while True:
+        seen: dict[str, list[Item]] = {}
+        for item in items:
+            seen.setdefault(item.id, []).append(item)
+        clashing = [group for group in seen.values() if len(group) > 1]
+        movable = [g for g in clashing if any(item.longer_ids for item in g)]
+        if not movable:
+            break
+        for group in movable:
+            for item in group:
+                if item.longer_ids:
+                    item.id = item.longer_ids.pop(0)
+    taken = {item.id for item in items}
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.id] = counts.get(item.id, 0) + 1
+        if counts[item.id] > 1:
+            number = counts[item.id]
+            while f"{item.id}#{number}" in taken:
+                number += 1
+            item.id = f"{item.id}#{number}"
+            taken.add(item.id)
 
 
 def collect_items(audio: list[str], adapter_column: str) -> list[Item]:
-    """Files, folders (recursively) and CSV manifests, in the order given."""
+    """Files, folders (recursively) and CSV manifests, in the order given, with unique IDs."""
     items: list[Item] = []
     for entry in audio:
         path = Path(entry)
@@ -80,9 +150,13 @@ def collect_items(audio: list[str], adapter_column: str) -> list[Item]:
                 items.append(Item(uid, wav, choice, reference=row.get("wrd") or ""))
         elif path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-            items += [Item(str(p.relative_to(path).with_suffix("")), str(p)) for p in found]
+            for file in found:
+                uid, longer = _path_ids(file, file.relative_to(path))
+                items.append(Item(uid, str(file), longer_ids=longer))
         else:
-            items.append(Item(path.stem, str(path)))
+            uid, longer = _path_ids(path)
+            items.append(Item(uid, str(path), longer_ids=longer))
+    unique_ids(items)
     return items
 
 
@@ -131,11 +205,77 @@ def adapted_model_of(asr) -> torch.nn.Module | None:
     return next((m for m in asr.mods.modules() if isinstance(m, AdaptedModel)), None)
 
 
+def pause_power(signal: torch.Tensor, span: int, hop: int) -> torch.Tensor:
+    """Mean power of ``signal[j * hop : j * hop + span]`` for every ``j`` that fits.
+
+    Example
+    -------
+    >>> pause_power(torch.tensor([1.0, 1.0, 0.0, 0.0, 2.0]), span=2, hop=1)
+    tensor([1.0000, 0.5000, 0.0000, 2.0000])
+    """
+    power = signal.float().square().view(1, 1, -1)
+    return torch.nn.functional.avg_pool1d(power, span, hop).view(-1)
+
+
+def _quietest(power: torch.Tensor, target: int, radius: int, span: int, hop: int) -> int:
+    """The sample within ``radius`` of ``target`` in the middle of the quietest stretch
+    (of those equally quiet, the one nearest ``target``)."""
+    centre = span // 2
+    first = max(0, math.ceil((target - radius - centre) / hop))
+    last = min(power.numel() - 1, (target + radius - centre) // hop)
+    if first > last:
+        return target
+    near = power[first : last + 1]
+    places = torch.nonzero(near == near.min()).view(-1) + first
+    best = places[(places * hop + centre - target).abs().argmin()]
+    return int(best) * hop + centre
+
+
+def plan_windows(signal: torch.Tensor, rate: int, window_s: float) -> list[tuple[int, int]]:
+    """Where to cut a recording into windows no longer than ``window_s``: ``(start, end)``.
+
+    A recording that fits is one window. A longer one gets the fewest windows of at
+    most ``window_s - slack`` (slack: ``CUT_SLACK_S``, at most a sixth of the window),
+    cut evenly, and each cut then moves by at most half the slack to the middle of
+    the quietest ``PAUSE_S`` around it, so that it falls in a pause, not in a word.
+    Every window is at most ``window_s`` long and at least a quarter of it: no short
+    tail is left to decode on its own (Whisper invents text for a fraction of a
+    second of audio). Windows do not overlap, so no transcript has to be stitched.
+
+    Example
+    -------
+    >>> rate = 100
+    >>> [(a / rate, b / rate) for a, b in plan_windows(torch.ones(3028), rate, 30.0)]
+    [(0.0, 15.14), (15.14, 30.28)]
+    >>> speech = torch.ones(6000)  # 60 s: three windows of 20 s
+    >>> speech[2150:2210] = 0.0  # a pause 1.5 s after the first even cut
+    >>> plan_windows(speech, rate, 30.0)
+    [(0, 2155), (2155, 4000), (4000, 6000)]
+    """
+    total, window = signal.numel(), int(window_s * rate)
+    if total <= window:
+        return [(0, total)]
+    slack = min(int(CUT_SLACK_S * rate), window // 6)
+    count = math.ceil(total / (window - slack))
+    span, hop = max(1, int(PAUSE_S * rate)), max(1, int(CUT_HOP_S * rate))
+    power = pause_power(signal, min(span, total), hop)
+    cuts = [0]
+    cuts += [_quietest(power, k * total // count, slack // 2, span, hop) for k in range(1, count)]
+    cuts.append(total)
+    return list(itertools.pairwise(cuts))
+
+
 def _load_audio(item: Item, sample_rate: int, chunk_s: float) -> None:
+    """Read ``item``'s recording into its windows (``item.chunks``); raise ``AudioError``
+    for audio too short to hold a word."""
     signal = load_audio(item.wav, sample_rate)
     item.seconds = signal.numel() / sample_rate
-    step = int(chunk_s * sample_rate)
-    item.chunks = list(signal.split(step)) if signal.numel() > step else [signal]
+    if item.seconds < MIN_AUDIO_S:
+        raise AudioError(
+            f"it holds {item.seconds:.3f} s of audio, less than the {MIN_AUDIO_S} s a word "
+            "needs: there is nothing to transcribe (check the file, or leave it out)."
+        )
+    item.chunks = [signal[a:b] for a, b in plan_windows(signal, sample_rate, chunk_s)]
 
 
 def transcribe(asr, items: list[Item], batch_size: int, precision: str, chunk_s: float) -> None:
@@ -145,33 +285,69 @@ def transcribe(asr, items: list[Item], batch_size: int, precision: str, chunk_s:
     adapted = adapted_model_of(asr)
     rate = asr.hparams.sample_rate
     for item in items:
+        if item.error:
+            continue
         try:
             _load_audio(item, rate, chunk_s)
-        except (AudioError, OSError, RuntimeError) as err:
-            item.error = f"unreadable audio: {err}"
+        except AudioError as err:
+            item.error = str(err)
+        except Exception as err:  # noqa: BLE001 - a reader's failure is this file's, not the run's
+            item.error = f"unreadable audio: {_one_line(err)}"
     chunks = [(item, i) for item in items if not item.error for i in range(len(item.chunks))]
     dtype = PRECISIONS[precision]
     pieces: dict[tuple[int, int], str] = {}
     batches = _batches(chunks, batch_size, mixable=_can_mix(adapted))
     for batch in tqdm(batches, desc="transcribing", disable=len(batches) < 4 or None):
-        wavs = [item.chunks[i] for item, i in batch]
-        lengths = torch.tensor([w.numel() for w in wavs], dtype=torch.float)
-        padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
-        names = [item.adapter for item, _ in batch]
-        mixing = adapted is not None and len(set(names)) > 1
-        context = adapted.mixed_adapters(names) if mixing else contextlib.nullcontext()
-        if adapted is not None and not mixing:
-            _activate(adapted, names[0])
-        autocast = torch.autocast(asr.device_type, dtype=dtype, enabled=dtype is not None)
-        with torch.no_grad(), context, autocast:
-            texts, _ = asr.transcribe_batch(padded, lengths / lengths.max())
+        try:
+            texts = _decode(asr, adapted, batch, dtype)
+        except Exception:  # noqa: BLE001 - find the file: each alone (transcripts do not change)
+            texts = [_decode_alone(asr, adapted, chunk, dtype) for chunk in batch]
         for (item, i), text in zip(batch, texts, strict=True):
-            pieces[id(item), i] = text if isinstance(text, str) else " ".join(text)
+            if text is not None:
+                pieces[id(item), i] = text
     for item in items:
         if not item.error:
             parts = [pieces[id(item), i].strip() for i in range(len(item.chunks))]
             item.text = " ".join(p for p in parts if p)
         item.chunks = []
+
+
+def _decode(asr, adapted, batch: list[tuple[Item, int]], dtype: torch.dtype | None) -> list[str]:
+    """The transcripts of a batch of windows, each with its file's adapter."""
+    wavs = [item.chunks[i] for item, i in batch]
+    lengths = torch.tensor([w.numel() for w in wavs], dtype=torch.float)
+    padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
+    names = [item.adapter for item, _ in batch]
+    mixing = adapted is not None and len(set(names)) > 1
+    context = adapted.mixed_adapters(names) if mixing else contextlib.nullcontext()
+    if adapted is not None and not mixing:
+        _activate(adapted, names[0])
+    autocast = torch.autocast(asr.device_type, dtype=dtype, enabled=dtype is not None)
+    with torch.no_grad(), context, autocast:
+        texts, _ = asr.transcribe_batch(padded, lengths / lengths.max())
+    return [text if isinstance(text, str) else " ".join(text) for text in texts]
+
+
+def _decode_alone(asr, adapted, chunk: tuple[Item, int], dtype: torch.dtype | None) -> str | None:
+    """One window's transcript, or ``None`` with the error set on its file."""
+    item, index = chunk
+    if item.error:
+        return None
+    try:
+        return _decode(asr, adapted, [chunk], dtype)[0]
+    except Exception as err:  # noqa: BLE001 - this file's failure must not stop the others
+        where = f" (window {index + 1} of {len(item.chunks)})" if len(item.chunks) > 1 else ""
+        item.error = (
+            f"the model failed on this file{where}: {type(err).__name__}: {_one_line(err)}; "
+            "the other files were transcribed (check that it plays, e.g. with ffmpeg -i)."
+        )
+        return None
+
+
+def _one_line(err: BaseException) -> str:
+    """The first line of an error's message."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _can_mix(adapted) -> bool:
@@ -204,19 +380,22 @@ def _activate(adapted, name: str | None) -> None:
 
 
 def write_output(items: list[Item], path: str) -> None:
-    """CSV or JSON lines, by the file's suffix."""
+    """CSV or JSON lines, by the file's suffix, written whole or not at all."""
+    from recipes.io import write_text
+
     rows = [
         {"ID": it.id, "wav": it.wav, "adapter": it.adapter or "none", "text": it.text,
          "seconds": round(it.seconds, 3), "error": it.error}
         for it in items
     ]  # fmt: skip
     if path.endswith(".jsonl"):
-        Path(path).write_text("".join(json.dumps(row) + "\n" for row in rows))
+        write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
         return
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["ID"])
-        writer.writeheader()
-        writer.writerows(rows)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["ID"])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -251,6 +430,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.output and not args.output.endswith((".csv", ".jsonl")):
         parser.error("--output must end in .csv or .jsonl")
+    if args.chunk_s is not None and args.chunk_s < MIN_CHUNK_S:
+        parser.error(f"--chunk_s must be at least {MIN_CHUNK_S:g} s (windows are cut in pauses)")
     return args
 
 
