@@ -33,6 +33,7 @@ INTERFACES = {
     "WhisperASR": "speechbrain.inference.ASR.WhisperASR",
     "EncoderASR": "speechbrain.inference.ASR.EncoderASR",
     "SpeakerVerifier": "recipes.speaker.interface.SpeakerVerifier",
+    "SpeechEnhancer": "recipes.enhancement.interface.SpeechEnhancer",
 }
 #: Tasks whose inference folder is a ``model`` network read from ``base_checkpoint``
 #: (:func:`model_inference_folder`): interface -> (template name, the interface's modules
@@ -42,6 +43,7 @@ MODEL_FOLDERS = {
         "speaker",
         {"compute_features": "compute_features", "embedding_model": "model"},
     ),
+    "SpeechEnhancer": ("enhancement", {"enhance_model": "model"}),
 }
 
 
@@ -246,6 +248,7 @@ def model_inference_folder(
     adapted: torch.nn.Module | None,
     files: dict[str, str | os.PathLike],
     modules: dict[str, str],
+    base: str = "model",
     **target: Any,
 ) -> Path:
     """An inference folder for a task whose template (``hparams/inference/<task>.yaml``)
@@ -253,7 +256,8 @@ def model_inference_folder(
 
     ``modules`` maps the interface's module names to template keys; ``model`` there
     stands for the network as trained: the ``AdaptedModel`` (``adapted`` given, with
-    ``adapter.ckpt``) or the model with the full weights of ``model.ckpt``.
+    ``adapter.ckpt``) or the model with the full weights of ``model.ckpt``. ``base``: the
+    template key the base checkpoint loads into, when it is a part of ``model``.
     ``target``: ``sources`` and ``overwrite``, as :func:`write_inference_folder` takes them.
     """
     network = "adapted_model" if adapted is not None else "model"
@@ -265,7 +269,7 @@ def model_inference_folder(
     if adapted is not None:
         tail = adapter_block(adapted, "model") + "    manual_adapter_insertion: True\n" + mods
         tail += pretrainer_block(
-            {"model": "model", "adapter": "adapted_model"},
+            {"model": base, "adapter": "adapted_model"},
             {"model": values["base_checkpoint"]},
             ["model"],
         )

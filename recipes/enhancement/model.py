@@ -122,6 +122,32 @@ class NSNet2Enhancer(nn.Module):
         return istft(spectra * gains, wavs.shape[-1])
 
 
+def enhance_waveforms(
+    enhancer: nn.Module, wavs: torch.Tensor, wav_lens: torch.Tensor
+) -> torch.Tensor:
+    """Enhanced audio of a padded batch (relative lengths ``wav_lens``), in float32 and zero
+    past each length: what the recipe scores and what its inference interface writes.
+
+    The GRUs run forward in time and the STFT pads with zeros, as a batch is padded, so a
+    file enhanced alone gives what its row of a batch gives.
+
+    Example
+    -------
+    >>> enhancer = NSNet2Enhancer(NSNet2(hidden_size=8, fc_size=8))
+    >>> wavs = torch.randn(2, 8000)
+    >>> wavs[1, 4000:] = 0.0  # a batch is padded with zeros
+    >>> out = enhance_waveforms(enhancer, wavs, torch.tensor([1.0, 0.5]))
+    >>> out.shape, bool(out[1, 4000:].eq(0).all())
+    (torch.Size([2, 8000]), True)
+    >>> alone = enhance_waveforms(enhancer, wavs[1:, :4000], torch.ones(1))
+    >>> torch.allclose(alone[0], out[1, :4000], atol=1e-6)
+    True
+    """
+    lengths = torch.round(wav_lens * wavs.shape[-1]).long()
+    inside = torch.arange(wavs.shape[-1], device=wavs.device)[None] < lengths[:, None]
+    return enhancer(wavs).float() * inside
+
+
 def si_snr(estimate: torch.Tensor, reference: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Scale-invariant signal-to-noise ratio (dB) of each row over its first ``lengths`` samples.
 

@@ -40,7 +40,8 @@ from recipes.adaptation import (
 )
 from recipes.audio import crop_batch, crop_starts, load_audio
 from recipes.common import load_manifest, read_manifest
-from recipes.enhancement.model import si_snr
+from recipes.enhancement.model import enhance_waveforms, si_snr
+from recipes.inference import MODEL_FOLDERS, model_inference_folder, trained_files
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +71,13 @@ class Enhancement(AdaptationBrain):
             starts = crop_starts(lengths, list(batch.id), size, salt)
             noisy, lens = crop_batch(noisy, lengths, starts, size)
             clean, _ = crop_batch(clean, lengths, starts, size)
-        return self.modules.model(noisy), noisy, clean, lens
+        # as the inference interface enhances a file (recipes/enhancement/interface.py)
+        return enhance_waveforms(self.modules.model, noisy, lens), noisy, clean, lens
 
     def compute_objectives(self, predictions, batch, stage):
         enhanced, noisy, clean, lens = predictions
         lengths = torch.round(lens * noisy.shape[1]).long()
-        scores = si_snr(enhanced.float(), clean, lengths)
+        scores = si_snr(enhanced, clean, lengths)
         if stage != sb.Stage.TRAIN:
             before = si_snr(noisy, clean, lengths)
             self.si_snr.extend(scores.tolist())
@@ -227,6 +229,23 @@ def dataio_prepare(hparams):
     return train, valid, tests
 
 
+#: The settings the inference folder rebuilds the enhancer with.
+ARCHITECTURE = ("sample_rate", "hidden_size", "fc_size", "min_gain_db")
+
+
+def write_inference(brain: Enhancement, hparams) -> Path:
+    """``<output_folder>/inference``: ``SpeechEnhancer.from_hparams`` with what this run
+    trained (the adapter file, or the best checkpoint's weights by SI-SNRi)."""
+    values = {key: hparams[key] for key in ARCHITECTURE}
+    values["base_checkpoint"] = os.path.abspath(hparams["base_checkpoint"])
+    task, modules = MODEL_FOLDERS["SpeechEnhancer"]
+    folder = Path(hparams["output_folder"]) / "inference"
+    adapted = hparams.get("adapted_model")
+    files = trained_files(brain, hparams)
+    # the base checkpoint holds the mask network's weights, the enhancer's part
+    return model_inference_folder(folder, task, values, adapted, files, modules, base="mask_net")
+
+
 def main():
     hparams, run_opts = setup_experiment(sys.argv[1:])
     prepare_corpus_on_main(hparams)
@@ -248,7 +267,10 @@ def main():
     )
     if if_main_process():
         logger.info("Pairs: train %d, valid %d", len(train_set), len(valid_set))
-    run_adaptation(brain, hparams, hparams["modules"]["model"], train_set, valid_set, test_sets)
+    run_adaptation(
+        brain, hparams, hparams["modules"]["model"], train_set, valid_set, test_sets,
+        write_inference=write_inference,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
