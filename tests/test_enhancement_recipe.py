@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+import yaml
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipe_runs import epoch_losses, run
 
-from recipes.enhancement.model import NSNet2, NSNet2Enhancer, si_snr
+from recipes.audio import load_audio
+from recipes.common import read_manifest
+from recipes.enhancement.model import NSNet2, NSNet2Enhancer, enhance_waveforms, si_snr
 from recipes.enhancement.pretrained import nsnet2_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,15 +106,26 @@ def tiny_base(tmp_path_factory):
     return tmp
 
 
-def test_lora_run_pairs_references_trains_and_reports_si_snr(tiny_base, tmp_path):
-    out, data = tmp_path / "lora", tmp_path / "corpus"
+TINY = ("--corpus_size=tiny", "--hidden_size=16", "--fc_size=16", "--num_workers=0",
+        "--batch_size=4", "--n_warmup_steps=1", "--train_crop_s=1.0")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_base, tmp_path_factory):
+    """A tiny LoRA run (3 epochs) and its corpus, shared by the tests that read what it wrote."""
+    tmp = tmp_path_factory.mktemp("enhancement_lora")
+    out, data = tmp / "lora", tmp / "corpus"
     run(
-        str(TRAIN), "hparams/lora_enhancement.yaml", "--corpus_size=tiny", f"--data_folder={data}",
-        f"--base_checkpoint={tiny_base / 'tiny.safetensors'}", "--hidden_size=16", "--fc_size=16",
-        "--num_workers=0", "--batch_size=4", "--rank=2", "--alpha=4", "--lr=0.03",
-        "--n_warmup_steps=1", "--number_of_epochs=3", "--train_crop_s=1.0",
-        f"--output_folder={out}", f"--before_cache={tmp_path / 'before.json'}",
+        str(TRAIN), "hparams/lora_enhancement.yaml", *TINY, f"--data_folder={data}",
+        f"--base_checkpoint={tiny_base / 'tiny.safetensors'}", "--rank=2", "--alpha=4",
+        "--lr=0.03", "--number_of_epochs=3", f"--output_folder={out}",
+        f"--before_cache={tmp / 'before.json'}",
     )  # fmt: skip
+    return out, data
+
+
+def test_lora_run_pairs_references_trains_and_reports_si_snr(lora_run):
+    out, data = lora_run
     # only the target domain was generated, with its clean references, paired by ID
     assert sorted(p.name for p in data.glob("*_test.csv")) == [
         "noisy_clean_test.csv",
@@ -147,3 +161,163 @@ def test_lora_run_pairs_references_trains_and_reports_si_snr(tiny_base, tmp_path
     for tag in ("before", "after"):
         for uid in ("noisy-test-00000", "noisy-test-00001"):
             assert (out / "spectrograms" / f"{uid}_target_{tag}.png").stat().st_size > 1000
+
+
+def _test_pairs(data: Path) -> list[tuple[str, str]]:
+    """(noisy, clean) paths of the tiny corpus's test set, paired by ID."""
+    noisy = read_manifest(str(data / "noisy_test.csv"), str(data))
+    clean = read_manifest(str(data / "noisy_clean_test.csv"), str(data))
+    return [(row["wav"], clean[uid]["wav"]) for uid, row in noisy.items()]
+
+
+def _scores(enhancer, pairs: list[tuple[str, str]]) -> list[float]:
+    """SI-SNR (dB) of each noisy file enhanced by ``enhancer`` to its clean reference."""
+    scores = []
+    for noisy, clean in pairs:
+        enhanced = enhancer.enhance_file(noisy)
+        reference = load_audio(clean, 16000)
+        scores.append(
+            float(si_snr(enhanced[None], reference[None], torch.tensor([len(reference)])))
+        )
+    return scores
+
+
+def test_the_inference_folder_enhances_from_anywhere_as_the_recipe_scored(
+    tiny_base, lora_run, tmp_path, monkeypatch
+):
+    """``SpeechEnhancer.from_hparams`` from another directory gives, file by file, the SI-SNR
+    the recipe reported for its test set after training (``si_snr_target_after.txt``)."""
+    from recipes.enhancement.interface import SpeechEnhancer
+
+    out, data = lora_run
+    monkeypatch.chdir(tmp_path)
+    enhancer = SpeechEnhancer.from_hparams(source=str(out / "inference"))
+    assert {p.name for p in (out / "inference").iterdir()} >= {"hyperparams.yaml", "adapter.ckpt"}
+    ours = sorted(_scores(enhancer, _test_pairs(data)))
+    lines = (out / "si_snr_target_after.txt").read_text().splitlines()
+    reported = sorted(float(line.split()[0]) for line in lines)
+    assert len(ours) == len(reported) == 6
+    assert np.allclose(ours, reported, atol=2e-3), (ours, reported)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["inference_folder"] == "inference"
+    assert np.mean(ours) == pytest.approx(summary["after"]["target"]["SI-SNR"], abs=2e-3)
+    # waveform for waveform: the recipe's model (base + adapter file) on a padded batch
+    recipe_model = _adapted_enhancer(out / "adapter.safetensors", tiny_base / "tiny.safetensors")
+    noisy = [load_audio(n, 16000) for n, _ in _test_pairs(data)]
+    batch = torch.nn.utils.rnn.pad_sequence(noisy, batch_first=True)
+    lens = torch.tensor([len(x) / batch.shape[1] for x in noisy])
+    with torch.no_grad():
+        expected = enhance_waveforms(recipe_model.eval(), batch, lens)
+    for row, wav in enumerate(noisy):
+        found = enhancer.enhance_file(_test_pairs(data)[row][0])
+        assert torch.allclose(found, expected[row, : len(wav)], atol=1e-5)
+
+
+def _adapted_enhancer(adapter: Path, base: Path) -> torch.nn.Module:
+    """The LoRA run's enhancer rebuilt by hand: the tiny base and the run's adapter file."""
+    from safetensors.torch import load_file
+
+    from adapters import AdaptedModel, LoRA
+
+    model = NSNet2Enhancer(NSNet2(hidden_size=16, fc_size=16))
+    model.mask_net.load_state_dict(load_file(base))
+    adapted = AdaptedModel(
+        model, LoRA, all_linear=True, adapter_kwargs={"rank": 2, "alpha": 4},
+        manual_adapter_insertion=True,
+    )  # fmt: skip
+    adapted.insert_adapters()
+    adapted.load_adapter(str(adapter))
+    return adapted
+
+
+def test_enhance_command_writes_16khz_files_and_reports_a_bad_one(lora_run, tmp_path, capsys):
+    from recipes.enhance import main
+    from recipes.enhancement.interface import SpeechEnhancer
+
+    out, data = lora_run
+    noisy = [Path(n) for n, _ in _test_pairs(data)]
+    other = tmp_path / "other"
+    other.mkdir()
+    audio, rate = soundfile.read(noisy[0])
+    soundfile.write(other / noisy[0].name, audio[::2], rate // 2)  # same name, at 8 kHz
+    (other / "broken.wav").write_bytes(b"not audio")
+    target = tmp_path / "enhanced"
+    args = [str(out), str(data / "noisy_test.csv"), str(other), "--output-dir", str(target)]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "broken.wav" in errors[0]
+    names = sorted(p.name for p in target.iterdir())
+    assert names == sorted([f"{p.stem}.wav" for p in noisy] + [f"{noisy[0].stem}-2.wav"])
+    enhancer = SpeechEnhancer.from_hparams(source=str(out / "inference"))
+    written, rate = soundfile.read(target / f"{noisy[1].stem}.wav", dtype="float32")
+    assert rate == 16000
+    expected = enhancer.enhance_file(noisy[1]).numpy()
+    assert written.shape == expected.shape and np.abs(written - expected).max() < 1e-4
+    resampled, rate = soundfile.read(target / f"{noisy[0].stem}-2.wav")
+    assert rate == 16000 and len(resampled) == 2 * len(audio[::2])
+    # an existing output is refused before any work, naming it; --overwrite replaces
+    before = (target / f"{noisy[1].stem}.wav").read_bytes()
+    (target / f"{noisy[1].stem}.wav").write_bytes(b"mine")
+    assert main(args) == 2
+    assert f"{noisy[0].stem}.wav exists" in capsys.readouterr().err
+    assert (target / f"{noisy[1].stem}.wav").read_bytes() == b"mine"
+    assert main([*args, "--overwrite"]) == 1
+    assert (target / f"{noisy[1].stem}.wav").read_bytes() == before
+    assert not [p for p in target.iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+def test_an_enhancement_run_exports_a_merged_folder_that_enhances_alike(
+    tiny_base, lora_run, tmp_path
+):
+    from safetensors.torch import load_file
+
+    from recipes.enhancement.interface import SpeechEnhancer
+    from recipes.export import main
+
+    out, data = lora_run
+    merged = tmp_path / "merged"
+    assert main([str(out), "--to", "speechbrain", str(merged)]) == 0
+    assert "adapter.ckpt" not in {p.name for p in merged.iterdir()}
+    adapted = SpeechEnhancer.from_hparams(source=str(out / "inference"))
+    plain = SpeechEnhancer.from_hparams(source=str(merged))
+    assert type(plain.mods.enhance_model) is NSNet2Enhancer  # no adapters left
+    noisy = _test_pairs(data)[0][0]
+    a, b = adapted.enhance_file(noisy), plain.enhance_file(noisy)
+    assert torch.allclose(a, b, atol=1e-5)
+    base = NSNet2Enhancer(NSNet2(hidden_size=16, fc_size=16))
+    base.mask_net.load_state_dict(load_file(tiny_base / "tiny.safetensors"))
+    with torch.no_grad():
+        untrained = enhance_waveforms(base, load_audio(noisy, 16000)[None], torch.ones(1))[0]
+    assert (a - untrained).abs().max() > 1e-3  # the merge carried the adapter
+
+
+def test_full_run_writes_an_inference_folder_with_the_best_weights(tiny_base, lora_run, tmp_path):
+    """Full fine-tuning: ``model.ckpt`` is the best checkpoint's model (by SI-SNRi), and the
+    folder enhances as the recipe scored."""
+    from safetensors.torch import load_file
+
+    from recipes.enhancement.interface import SpeechEnhancer
+
+    _, data = lora_run
+    out = tmp_path / "full"
+    run(
+        str(TRAIN), "hparams/full_enhancement.yaml", *TINY, f"--data_folder={data}",
+        f"--base_checkpoint={tiny_base / 'tiny.safetensors'}", "--lr=0.003",
+        "--number_of_epochs=2", "--evaluate_before=False", f"--output_folder={out}",
+    )  # fmt: skip
+    assert (out / "inference" / "model.ckpt").is_file()
+    assert not (out / "inference" / "adapter.ckpt").exists()
+    enhancer = SpeechEnhancer.from_hparams(source=str(out / "inference"))
+    trained = enhancer.mods.enhance_model.state_dict()
+    base = load_file(tiny_base / "tiny.safetensors")
+    assert any(not torch.equal(trained[f"mask_net.{k}"], v) for k, v in base.items())
+    checkpoints = {
+        float(yaml.safe_load((ckpt / "CKPT.yaml").read_text())["SI-SNRi"]): ckpt
+        for ckpt in (out / "save").glob("CKPT*")
+    }
+    best = torch.load(checkpoints[max(checkpoints)] / "model.ckpt", weights_only=True)
+    assert all(torch.equal(trained[k], v) for k, v in best.items())
+    summary = json.loads((out / "summary.json").read_text())
+    ours = _scores(enhancer, _test_pairs(data))
+    assert np.mean(ours) == pytest.approx(summary["after"]["target"]["SI-SNR"], abs=2e-3)
