@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from recipes.audio import AudioError, load_audio
+from recipes.audio import ShortAudioError, load_audio
 from recipes.inference import load_inference, whisper_inference_folder
 
 logger = logging.getLogger(__name__)
@@ -266,12 +266,12 @@ def plan_windows(signal: torch.Tensor, rate: int, window_s: float) -> list[tuple
 
 
 def _load_audio(item: Item, sample_rate: int, chunk_s: float) -> None:
-    """Read ``item``'s recording into its windows (``item.chunks``); raise ``AudioError``
-    for audio too short to hold a word."""
+    """Read ``item``'s recording into its windows (``item.chunks``); raise
+    ``ShortAudioError`` for audio too short to hold a word."""
     signal = load_audio(item.wav, sample_rate)
     item.seconds = signal.numel() / sample_rate
     if item.seconds < MIN_AUDIO_S:
-        raise AudioError(
+        raise ShortAudioError(
             f"it holds {item.seconds:.3f} s of audio, less than the {MIN_AUDIO_S} s a word "
             "needs: there is nothing to transcribe (check the file, or leave it out)."
         )
@@ -289,7 +289,7 @@ def transcribe(asr, items: list[Item], batch_size: int, precision: str, chunk_s:
             continue
         try:
             _load_audio(item, rate, chunk_s)
-        except AudioError as err:
+        except ShortAudioError as err:  # readable, but empty or too short
             item.error = str(err)
         except Exception as err:  # noqa: BLE001 - a reader's failure is this file's, not the run's
             item.error = f"unreadable audio: {_one_line(err)}"
