@@ -49,7 +49,7 @@ import torch
 from speechbrain.utils import checkpoints
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
-from recipes.io import sha256_file, write_json
+from recipes.io import sha256_file, sha256_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +230,8 @@ class CompleteCheckpointer(checkpoints.Checkpointer):
     """SpeechBrain's ``Checkpointer`` whose checkpoints count once whole, and are checked.
 
     - A checkpoint counts once its ``COMPLETE`` marker is written, after all its files
-      (of every DDP process); the marker records each file's size and SHA-256.
+      (of every DDP process); the marker records each file's size and SHA-256, and a
+      checksum of that record.
     - Listing removes, with a warning, the folders without a marker: a kill while one
       was written, or while one was deleted (deletion removes the marker first).
     - Loading first checks every recorded file: one missing or changed stops the run
@@ -268,7 +269,8 @@ class CompleteCheckpointer(checkpoints.Checkpointer):
         ddp_barrier()  # every process has written its files (each keeps its random states)
         if ckpt is not None:  # the main process
             fault_point("checkpoint_marker")
-            write_json(Path(ckpt.path, self.MARKER), {"files": _file_records(Path(ckpt.path))})
+            files = _file_records(Path(ckpt.path))
+            write_json(Path(ckpt.path, self.MARKER), {"files": files, "sha256": sha256_json(files)})
         ddp_barrier()  # no process lists checkpoints before the marker exists
         fault_point("checkpoint_complete")
         return ckpt
@@ -370,11 +372,14 @@ class CompleteCheckpointer(checkpoints.Checkpointer):
         """What differs between ``folder``'s files and those its marker recorded."""
         marker = folder / self.MARKER
         try:
-            recorded = json.loads(marker.read_text() or '{"files": null}')["files"]
+            content = json.loads(marker.read_text() or '{"files": null}')
+            recorded = content["files"]
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
             return [f"its marker {marker} cannot be read ({error})"]
         if recorded is None:  # a marker written before files were recorded: nothing to check
             return []
+        if content.get("sha256") != sha256_json(recorded):
+            return [f"its marker {marker} does not match its own checksum (its bytes changed)"]
         wanted = set(only) if only is not None else set(recorded)
         return [
             problem

@@ -90,17 +90,20 @@ def test_a_kill_inside_the_first_save_leaves_nothing_to_resume_from(tmp_path, po
     assert checkpointer.recover_if_possible() is None and not list(tmp_path.iterdir())
 
 
-def flip_a_byte(path: Path) -> None:
+def flip_a_byte(path: Path, where: float = 0.5) -> None:
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x40
+    data[int(len(data) * where)] ^= 0x01
     path.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize("damaged", ["layer.ckpt", "CKPT.yaml", "COMPLETE"])
-def test_a_damaged_file_in_a_complete_checkpoint_is_named_with_the_way_out(tmp_path, damaged):
+@pytest.mark.parametrize("where", [0.1, 0.5, 0.9])
+def test_a_damaged_file_in_a_complete_checkpoint_is_named_with_the_way_out(
+    tmp_path, damaged, where
+):
     checkpointer = CompleteCheckpointer(tmp_path, recoverables={"layer": torch.nn.Linear(2, 2)})
     saved = checkpointer.save_checkpoint(meta={"WER": 1.0})
-    flip_a_byte(saved.path / damaged)
+    flip_a_byte(saved.path / damaged, where)
     with pytest.raises(DamagedCheckpointError) as refused:
         checkpointer.recover_if_possible(min_key="WER")
     message = str(refused.value)
