@@ -217,18 +217,31 @@ def pause_power(signal: torch.Tensor, span: int, hop: int) -> torch.Tensor:
     return torch.nn.functional.avg_pool1d(power, span, hop).view(-1)
 
 
-def _quietest(power: torch.Tensor, target: int, radius: int, span: int, hop: int) -> int:
-    """The sample within ``radius`` of ``target`` in the middle of the quietest stretch
-    (of those equally quiet, the one nearest ``target``)."""
-    centre = span // 2
-    first = max(0, math.ceil((target - radius - centre) / hop))
-    last = min(power.numel() - 1, (target + radius - centre) // hop)
-    if first > last:
+def _quietest(signal: torch.Tensor, target: int, radius: int, span: int, hop: int) -> int:
+    """The sample within ``radius`` of ``target`` in the middle of the quietest ``span``
+    samples (of stretches equally quiet, the one nearest ``target``).
+
+    Example
+    -------
+    >>> signal = torch.ones(100)
+    >>> signal[60:70] = 0.0
+    >>> _quietest(signal, target=50, radius=20, span=4, hop=1)  # [60, 64) is the first quiet
+    62
+    >>> _quietest(signal, target=50, radius=5, span=4, hop=1)  # no pause near: the target
+    50
+    """
+    start = max(0, target - radius - span // 2)
+    piece = signal[start : min(signal.numel(), target + radius + span)]
+    if piece.numel() < span:
         return target
-    near = power[first : last + 1]
-    places = torch.nonzero(near == near.min()).view(-1) + first
-    best = places[(places * hop + centre - target).abs().argmin()]
-    return int(best) * hop + centre
+    centres = start + span // 2 + hop * torch.arange((piece.numel() - span) // hop + 1)
+    power = pause_power(piece, span, hop)
+    near = (centres - target).abs() <= radius
+    power, centres = power[near], centres[near]
+    if not bool(near.any()) or bool(power.max() == power.min()):
+        return target
+    quiet = centres[power == power.min()]
+    return int(quiet[(quiet - target).abs().argmin()])
 
 
 def plan_windows(signal: torch.Tensor, rate: int, window_s: float) -> list[tuple[int, int]]:
@@ -258,9 +271,8 @@ def plan_windows(signal: torch.Tensor, rate: int, window_s: float) -> list[tuple
     slack = min(int(CUT_SLACK_S * rate), window // 6)
     count = math.ceil(total / (window - slack))
     span, hop = max(1, int(PAUSE_S * rate)), max(1, int(CUT_HOP_S * rate))
-    power = pause_power(signal, min(span, total), hop)
     cuts = [0]
-    cuts += [_quietest(power, k * total // count, slack // 2, span, hop) for k in range(1, count)]
+    cuts += [_quietest(signal, k * total // count, slack // 2, span, hop) for k in range(1, count)]
     cuts.append(total)
     return list(itertools.pairwise(cuts))
 
