@@ -3,6 +3,7 @@
     python -m recipes.export results/whisper/lora/noisy --to speechbrain exported/sb
     python -m recipes.export results/whisper/lora/noisy --to transformers exported/hf
     python -m recipes.export results/whisper/lora/noisy --to peft exported/peft
+    python -m recipes.export results/whisper/lora/noisy --to ctranslate2 ct2 --quantization int8
     python -m recipes.export results/lora_asr/noisy --to speechbrain exported/ctc
 
 - ``speechbrain``: a pretrained folder with the adapters merged into the weights
@@ -13,6 +14,13 @@
   ``transformers.pipeline("automatic-speech-recognition", model=folder)``.
 - ``peft`` (Whisper, LoRA): ``adapter_config.json`` + ``adapter_model.safetensors`` for
   ``peft.PeftModel.from_pretrained``; other adapter kinds are refused with the reason.
+- ``ctranslate2`` (Whisper): the merged model converted by CTranslate2's own converter
+  (``--quantization int8|int8_float32|float16|float32``, default float32), for
+  ``faster_whisper.WhisperModel(folder)``; needs the optional extra ``ctranslate2``
+  (docs/deploy.md).
+
+Adapters that cannot merge into the weights (Houlsby) are refused by the merged formats,
+with the reason.
 
 The run's own ``adapter.safetensors`` (with the base's fingerprint) stays the default
 format; a PEFT folder loads back with :func:`adapters.peft_format.load_peft`.
@@ -48,8 +56,9 @@ from recipes.inference import (
 from recipes.io import check_target, replace_folder
 from recipes.overrides import yaml_keys
 from recipes.transcribe import adapted_model_of
+from recipes.whisper.ctranslate2_export import QUANTIZATIONS, check_mergeable, export_ctranslate2
 
-FORMATS = ("speechbrain", "transformers", "peft")
+FORMATS = ("speechbrain", "transformers", "peft", "ctranslate2")
 
 
 def _template_values(asr, template: Path) -> dict:
@@ -98,12 +107,24 @@ def export_sources(run: Path, inference: Path, asr: Any) -> list[Path]:
     return sources
 
 
-def export(run: str | Path, to: str, output: str | Path, overwrite: bool = False) -> Path:
+def export(
+    run: str | Path,
+    to: str,
+    output: str | Path,
+    overwrite: bool = False,
+    quantization: str | None = None,
+) -> Path:
     """Export the run (or inference) folder ``run`` in format ``to`` into ``output``.
 
     ``output`` is refused when it holds files this project did not write (unless
     ``overwrite``) and whenever it is inside or around the run or the base model.
+    ``quantization`` (``--to ctranslate2`` only): CTranslate2's weight type.
     """
+    if quantization is not None and to != "ctranslate2":
+        raise ValueError(
+            f"--quantization applies to --to ctranslate2; --to {to} writes the weights as "
+            "trained. Leave --quantization out, or export --to ctranslate2."
+        )
     folder = Path(run)
     inference = folder / "inference" if (folder / "inference").is_dir() else folder
     run_marks = ("save", "summary.json", "train_log.txt")
@@ -125,6 +146,8 @@ def export(run: str | Path, to: str, output: str | Path, overwrite: bool = False
     output = Path(output)
     target = {"sources": export_sources(folder, inference, asr), "overwrite": overwrite}
     check_target(output, **target)  # before any work
+    if to != "peft":  # PEFT names what it cannot represent itself
+        check_mergeable(adapted_model_of(asr), target=to)
     if to == "speechbrain":
         return export_speechbrain(asr, output, **target)
     from adapters.peft_format import save_peft
@@ -133,6 +156,10 @@ def export(run: str | Path, to: str, output: str | Path, overwrite: bool = False
     whisper, adapted = asr.hparams.whisper, adapted_model_of(asr)
     if to == "transformers":
         return export_transformers(whisper, adapted, asr.hparams.base_source, output, **target)
+    if to == "ctranslate2":
+        weights = quantization or "float32"
+        source = asr.hparams.base_source
+        return export_ctranslate2(whisper, adapted, source, output, weights, **target)
     if adapted is None:
         raise ValueError(f"--to peft exports adapters; {run} is a full fine-tuning run.")
     with replace_folder(output, **target) as tmp:
@@ -155,10 +182,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="replace OUTPUT even if it holds files this command did not write",
     )
+    parser.add_argument(
+        "--quantization",
+        choices=QUANTIZATIONS,
+        help="--to ctranslate2: CTranslate2's weight type (default float32; int8 for CPU serving)",
+    )
     args = parser.parse_args(argv)
     try:
-        path = export(args.run, args.to, args.output, overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError) as err:
+        path = export(
+            args.run, args.to, args.output, overwrite=args.overwrite, quantization=args.quantization
+        )
+    except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"exported {args.run} --to {args.to}: {path}")
