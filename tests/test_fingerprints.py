@@ -293,6 +293,21 @@ def test_conformer_scores_what_the_pipeline_normalised(asr_base, tmp_path):
     assert after["cased"] == after["normalised"] and after["cased"]["n"] == 6
 
 
+def test_conformer_before_figures_follow_the_architecture_settings(asr_base, tmp_path):
+    """The audio read at 12 kHz instead of 16 kHz by the same weights (same shapes, other
+    figures): the "before" WER is computed again, not taken from the cache."""
+    hparams = tmp_path / "lora_asr.yaml"  # the Conformer YAMLs share no cache: one added
+    cache = f"\nbefore_cache: {tmp_path / 'before.json'}\n"
+    hparams.write_text((ROOT / "hparams" / "lora_asr.yaml").read_text() + cache)
+    common = [train_py("asr"), str(hparams), *ASR_TINY, "--number_of_epochs=1",
+              f"--data_folder={asr_base['corpus']}", f"--base_checkpoint={asr_base['base']}"]  # fmt: skip
+    run(*common, f"--output_folder={tmp_path / 'first'}")
+    out = tmp_path / "second"
+    run(*common, "--sample_rate=12000", f"--output_folder={out}")
+    assert recomputed(out)
+    assert summary(out)["before"] != summary(tmp_path / "first")["before"]
+
+
 # ------------------------------------------------------------------------------ Whisper
 @pytest.fixture(scope="module")
 def whisper_run(tmp_path_factory):
