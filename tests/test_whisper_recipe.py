@@ -304,7 +304,8 @@ def test_transcribe_mixed_adapters_and_errors_per_file(runs, tmp_path):
 
 def test_export_command_writes_each_format_of_a_whisper_run(runs, tmp_path):
     """--to speechbrain: a merged folder with the adapted outputs and no adapters;
-    --to transformers and --to peft: their files; a full run has no PEFT adapter."""
+    --to transformers, --to peft and --to ctranslate2: their files; a full run has no PEFT
+    adapter."""
     from speechbrain.inference.ASR import WhisperASR
 
     from adapters import AdaptedModel
@@ -329,6 +330,10 @@ def test_export_command_writes_each_format_of_a_whisper_run(runs, tmp_path):
     }
     peft = export(lora, "peft", tmp_path / "peft")
     assert json.loads((peft / "adapter_config.json").read_text())["r"] == 4
+    ct2 = export(lora, "ctranslate2", tmp_path / "ct2", quantization="int8")
+    assert {"model.bin", "tokenizer.json", "preprocessor_config.json"} <= {
+        p.name for p in ct2.iterdir()
+    }
     with pytest.raises(ValueError, match="full fine-tuning run"):
         export(runs["tmp"] / "full", "peft", tmp_path / "no")
 
