@@ -52,17 +52,21 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SIZES = {  # overrides of hparams/pretrain_asr.yaml
-    "asr": {},
-    "20m": {"frontend_channels_1": 64, "d_model": 256, "num_encoder_layers": 12,
-            "d_ffn": 1024, "output_neurons": 5000},
-    "tiny": {"d_model": 32, "nhead": 2, "num_encoder_layers": 1, "d_ffn": 64},
-}  # fmt: skip
-WHISPER_SIZES = {  # size -> model source (recipes.whisper): packaged weights or a random preset
-    "whisper-tiny": "packaged",
-    "whisper-small": "small",
-    "whisper-test": "tiny-test",
-}
+if str(ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from measure import (
+    STALL_LIMIT,
+    cpu_stall_us,
+    ratio_bars,
+    reset_rss_peak,
+    rss_now_kib,
+    rss_peak_kib,
+    saved_bytes,
+    write_results,
+)
+from setups import CACHE, SIZES, WHISPER_SIZES, base_model, build_model, workload
+
 METHODS = (
     "full", "floor", "head", "sb_lora", "peft_native", "peft_lora", "lora", "lora_all", "lora_attention",
     "poollora", "dora", "houlsby",
@@ -84,186 +88,6 @@ DESCRIPTIONS = {  # {rank}: the rank of the run
 
 
 # ------------------------------------------------------------------ worker
-def _rss_peak_kib() -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return -1
-
-
-def _rss_now_kib() -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return -1
-
-
-def _reset_rss_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        pass
-
-
-CACHE = ROOT / "pretrained"  # converted and random Whisper folders (default of --cache)
-
-
-def _base_model(size: str, window: float, cache: Path = CACHE):
-    """The model to adapt, the names of its Linear layers, and the layers kept trainable."""
-    import torch
-    from hyperpyyaml import load_hyperpyyaml
-
-    if size in WHISPER_SIZES:
-        from recipes.whisper.convert import resolve_source
-        from recipes.whisper.model import WindowedWhisper
-        from recipes.whisper.random_init import save_random_whisper
-
-        preset = WHISPER_SIZES[size]
-        if preset == "packaged":
-            source = resolve_source("packaged", cache / "whisper-tiny.en")
-        else:
-            source = save_random_whisper(cache / f"random-whisper-{preset}", preset)
-        model = WindowedWhisper(
-            source, str(cache / "hub"), train_window_s=window, eval_window_s=window
-        )
-        head = "model.decoder.layer_norm"
-    else:
-        with open(ROOT / "hparams" / "pretrain_asr.yaml") as handle:
-            hparams = load_hyperpyyaml(handle, {"prepare_corpus": False, **SIZES[size]})
-        model, head = hparams["model"], "head"
-    linear = [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and name != head
-    ]
-    return model, linear, head
-
-
-def _build(method: str, size: str, rank: int, window: float, cache: Path = CACHE):
-    """The model with ``method`` applied, and the module that holds adapters."""
-    from speechbrain.nnet import adapters as sb_adapters
-
-    import adapters
-
-    model, linear, head = _base_model(size, window, cache)
-    # The CTC head is trained in every method; Whisper's output layer is its (tied) embedding.
-    common = {"unfrozen_layers": [head] if head == "head" else []}
-    if method == "full":
-        return model, None
-    if method == "head":
-        for name, param in model.named_parameters():
-            param.requires_grad_(name.startswith(head + "."))
-        return model, None
-    if method == "floor":  # BitFit on exactly the layers LoRA adapts, and the same head
-        for param in model.parameters():
-            param.requires_grad_(False)
-        for name in [*linear, *common["unfrozen_layers"]]:
-            module = model.get_submodule(name)
-            trained = module.parameters() if name == head else [module.bias]
-            for param in trained:
-                if param is not None:
-                    param.requires_grad_(True)
-        return model, None
-    if method == "sb_lora":
-        wrapped = sb_adapters.AdaptedModel(
-            model, sb_adapters.LoRA, target_layers=linear, adapter_kwargs={"rank": rank}, **common
-        )
-        return wrapped, wrapped
-    if method == "peft_native":
-        from peft import LoraConfig, get_peft_model
-
-        wrapped = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules=linear))
-        for name in common["unfrozen_layers"]:
-            for param in model.get_submodule(name).parameters():
-                param.requires_grad_(True)
-        return wrapped, wrapped
-    choices = {
-        "peft_lora": (adapters.peft_adapter, linear, {"r": rank, "alpha": rank}),
-        "lora": (adapters.LoRA, linear, {"rank": rank}),
-        "lora_all": (adapters.LoRA, [*linear, "*.q_proj", "*.k_proj", "*.v_proj"], {"rank": rank}),
-        "lora_attention": (adapters.LoRA, ["*.q_proj", "*.v_proj"], {"rank": rank}),
-        "poollora": (adapters.PoolLoRA, linear, {"rank": rank, "stride": 2}),
-        "dora": (adapters.DoRA, linear, {"rank": rank}),
-        "houlsby": (adapters.Houlsby, linear, {"projection_size": 32}),
-    }
-    cls, targets, kwargs = choices[method]
-    if size in WHISPER_SIZES and method == "lora_all":  # Whisper's Q/K/V are Linear already
-        targets = linear
-    wrapped = adapters.AdaptedModel(
-        model, cls, target_layers=targets, adapter_kwargs=kwargs, **common
-    )
-    return wrapped, wrapped
-
-
-def _workload(model, size: str, batch: int, frames: int, window: float, device: str = "cpu"):
-    """``loss()`` of one training batch and ``infer()`` of one forward pass, random inputs."""
-    import torch
-
-    if size in WHISPER_SIZES:
-        wav = torch.randn(batch, int(window * 16000), device=device) * 0.1
-        tokens = torch.randint(0, 50000, (batch, 25), device=device)
-
-        def loss() -> torch.Tensor:
-            _, logits, _ = model(wav, tokens[:, :-1])
-            return torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
-
-        return loss, lambda: model(wav, tokens[:, :-1])
-
-    feats = torch.randn(batch, frames, 80, device=device)
-    lengths = torch.ones(batch, device=device)
-    vocab = getattr(model, "adapted_model", model).head.out_features
-    targets = torch.randint(1, vocab, (batch, frames // 20), device=device)
-    target_lengths = torch.full((batch,), frames // 20, device=device)
-
-    def ctc() -> torch.Tensor:
-        log_probs = model(feats, lengths).log_softmax(-1).transpose(0, 1)
-        out_lengths = torch.full((batch,), log_probs.shape[0], device=device)
-        return torch.nn.functional.ctc_loss(log_probs, targets, out_lengths, target_lengths)
-
-    return ctc, lambda: model(feats, lengths)
-
-
-def saved_storages(run, params) -> dict:
-    """The distinct storages autograd saves for backward in ``run()``, ``params`` excluded,
-    as ``{data_ptr: tensor}`` (the tensors are held, so no freed storage is reused meanwhile).
-
-    Example
-    -------
-    >>> import torch
-    >>> w = torch.ones(4, 3, requires_grad=True)
-    >>> [t.shape for t in saved_storages(lambda: torch.ones(5, 4) @ w, [w]).values()]
-    [torch.Size([5, 4])]
-    """
-    import torch
-
-    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
-    saved: dict = {}
-
-    def pack(tensor):
-        ptr = tensor.untyped_storage().data_ptr()
-        if ptr not in param_ptrs:
-            saved.setdefault(ptr, tensor)
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run()
-    return saved
-
-
-def saved_bytes(run, params) -> int:
-    """Bytes of the distinct tensors autograd saves for backward in ``run()``, ``params`` excluded.
-
-    Example
-    -------
-    >>> import torch
-    >>> w = torch.ones(4, 3, requires_grad=True)
-    >>> saved_bytes(lambda: torch.ones(5, 4) @ w, [w])  # the 5 x 4 input, float32
-    80
-    """
-    return sum(t.untyped_storage().nbytes() for t in saved_storages(run, params).values())
 
 
 def worker(
@@ -299,15 +123,15 @@ def worker(
     sys.path.insert(0, str(ROOT))
     import adapters  # noqa: F401
 
-    baseline_kib = _rss_now_kib()
+    baseline_kib = rss_now_kib()
     torch.manual_seed(0)
-    model, adapted = _build(method, size, rank, window, cache)
+    model, adapted = build_model(method, size, rank, window, cache)
     model.to(device)
     cuda = torch.device(device).type == "cuda"
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=1e-4)
-    compute_loss, forward = _workload(model, size, batch, frames, window, device)
+    compute_loss, forward = workload(model, size, batch, frames, window, device)
 
     autocast = {"enabled": False}
 
@@ -329,12 +153,12 @@ def worker(
     }
     if phase == "memory":
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-        _reset_rss_peak()
+        reset_rss_peak()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         for _ in range(2):
             step()
-        result["peak_rss_mib"] = (_rss_peak_kib() - baseline_kib) / 1024
+        result["peak_rss_mib"] = (rss_peak_kib() - baseline_kib) / 1024
         result["baseline_rss_mib"] = baseline_kib / 1024
         if cuda:
             result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -371,8 +195,8 @@ def worker(
 
     # Inference against the base model, in this process, interleaved call by call.
     torch.manual_seed(0)
-    reference = _base_model(size, window, cache)[0].to(device).eval()
-    _, run_reference = _workload(reference, size, batch, frames, window, device)
+    reference = base_model(size, window, cache)[0].to(device).eval()
+    _, run_reference = workload(reference, size, batch, frames, window, device)
 
     def relative(run) -> float:
         """Median time of ``run`` over the median time of the base, interleaved."""
@@ -399,22 +223,12 @@ def worker(
         result["infer_merged_ratio"] = relative(forward)
         plain = adapted.export_plain().to(device).eval()
         result["infer_exported_ratio"] = relative(
-            _workload(plain, size, batch, frames, window, device)[1]
+            workload(plain, size, batch, frames, window, device)[1]
         )
     return result
 
 
 # ------------------------------------------------------------------ driver
-STALL_LIMIT = 0.10  # runs whose CPU stall fraction exceeds this are left out of the medians
-
-
-def cpu_stall_us() -> int:
-    """Total microseconds some task waited for a CPU (/proc/pressure/cpu; 0 if unavailable)."""
-    try:
-        with open("/proc/pressure/cpu") as handle:
-            return int(handle.readline().split("total=")[1].split()[0])
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 def _ratios(rows: list[dict], method: str, reference: str, key: str) -> list[float]:
@@ -510,36 +324,6 @@ def markdown(table: list[dict], rank: int = 8) -> str:
             + (f" {ratio(t, 'bf16_ratio')} |" if bf16 else "")
         )
     return "\n".join(lines)
-
-
-def write_results(out: Path, tag: str, data: dict, table: str, draw) -> None:
-    """Write ``<tag>.json`` (``data``), ``.md`` (``table``) and ``.png`` (``draw(path)``)."""
-    (out / f"{tag}.json").write_text(json.dumps(data, indent=1))
-    (out / f"{tag}.md").write_text(table + "\n")
-    draw(out / f"{tag}.png")
-    print(json.dumps(data.get("meta", {})))
-    print(table)
-    print(f"wrote {out}/{tag}.json, .md, .png")
-
-
-def ratio_bars(
-    names: list[str], panels: list[tuple[list[float], str]], path: Path, size=(11, 4)
-) -> None:
-    """One horizontal bar chart per panel (values, title), a line at 1.0, saved to ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=size, sharey=True, squeeze=False)
-    for ax, (values, title) in zip(axes[0], panels, strict=True):
-        ax.barh(names, values, color="#4c72b0")
-        ax.axvline(1.0, color="k", lw=0.8)
-        ax.set_title(title)
-        ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot(table: list[dict], path: Path) -> None:

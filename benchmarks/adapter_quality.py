@@ -43,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from adapter_cost import write_results
+from measure import write_results
 
 RECIPES = {
     "whisper": ROOT / "recipes" / "whisper" / "train.py",

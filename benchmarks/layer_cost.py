@@ -34,7 +34,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from adapter_cost import ratio_bars, saved_bytes, write_results
+from measure import ratio_bars, saved_bytes, write_results
 
 import adapters
 

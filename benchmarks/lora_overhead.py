@@ -44,14 +44,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from adapter_cost import (
-    SIZES,
-    WHISPER_SIZES,
-    _build,
-    _workload,
-    saved_bytes,
-    saved_storages,
-)
+from measure import saved_bytes, saved_storages
+from setups import SIZES, WHISPER_SIZES, build_model, workload
 
 import adapters
 from adapters.lora import _FusedLoRALinear, lowrank_grads
@@ -283,9 +277,9 @@ def main() -> None:
     models, saved = {}, {}
     for method in ("floor", "lora"):
         torch.manual_seed(0)
-        model, _ = _build(method, args.size, args.rank, args.window)
+        model, _ = build_model(method, args.size, args.rank, args.window)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        loss_fn, _ = _workload(model, args.size, args.batch, args.frames, args.window)
+        loss_fn, _ = workload(model, args.size, args.batch, args.frames, args.window)
         model.train()
         models[method] = (model, torch.optim.Adam(trainable, lr=1e-4), loss_fn)
         saved[method] = saved_bytes(loss_fn, list(model.parameters())) / 2**20

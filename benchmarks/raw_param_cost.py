@@ -33,7 +33,7 @@ from torch.nn.utils import parametrize
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from adapter_cost import ratio_bars, write_results
+from measure import ratio_bars, write_results
 
 from adapters import AdaptedModel, LoRA
 from adapters.targets import WeightView

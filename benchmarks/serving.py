@@ -47,14 +47,8 @@ for _path in (ROOT, ROOT / "benchmarks"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from adapter_cost import (
-    CACHE,
-    STALL_LIMIT,
-    WHISPER_SIZES,
-    _base_model,
-    cpu_stall_us,
-    write_results,
-)
+from measure import STALL_LIMIT, cpu_stall_us, write_results
+from setups import CACHE, WHISPER_SIZES, base_model
 
 TARGET = 0.8  # the issue's target: a mixed batch at N = 4 keeps 0.8x a merged adapter's rate
 LORA_B_STD = 0.01  # spread of the random lora_B of every set (they start at zero when trained)
@@ -75,7 +69,7 @@ def build_adapted(
     """
     import adapters
 
-    whisper = _base_model(size, window, cache)[0]
+    whisper = base_model(size, window, cache)[0]
     adapted = adapters.AdaptedModel(
         whisper, adapters.LoRA, all_linear=True,
         adapter_kwargs={"rank": rank, "alpha": 2 * rank},
