@@ -177,6 +177,14 @@ def strict_transfer(module: torch.nn.Module, path: str) -> None:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises several types, some with advice not to follow
+        real = os.path.realpath(path)
+        if not os.path.exists(real):
+            raise FileNotFoundError(
+                f"The base checkpoint {real} does not exist"
+                + (f" (linked from {path})" if real != os.path.abspath(path) else "")
+                + ". Point base_checkpoint at the base weights (for an inference folder: "
+                "from_hparams(..., overrides={'base_checkpoint': PATH}))."
+            ) from None
         reason = str(err).splitlines()[0][:200]
         raise RuntimeError(
             f"Cannot read the base checkpoint {path}: it is truncated, corrupt or not a plain "

@@ -179,11 +179,13 @@ def trained_files(brain: Any, hparams: dict[str, Any]) -> dict[str, Path]:
 
 
 def pretrainer_block(loadables: dict[str, str], paths: dict[str, str], strict: list[str]) -> str:
-    """A ``Pretrainer`` YAML block; loadables without a path are read from the source folder."""
+    """A ``Pretrainer`` YAML block. ``loadables`` and ``paths`` map names to YAML keys (so
+    ``from_hparams(..., overrides={key: ...})`` reaches them); loadables without a path
+    are read from the source folder."""
     lines = ["pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer", "    loadables:"]
     lines += [f"        {name}: !ref <{key}>" for name, key in loadables.items()]
     if paths:
-        lines += ["    paths:", *(f"        {name}: {_flow(str(p))}" for name, p in paths.items())]
+        lines += ["    paths:", *(f"        {name}: !ref <{key}>" for name, key in paths.items())]
     if strict:
         lines += ["    custom_hooks:"]
         lines += [f"        {name}: !name:recipes.common.strict_transfer" for name in strict]
@@ -232,7 +234,7 @@ def ctc_inference_folder(
         tail = adapter_block(adapted, "model") + "    manual_adapter_insertion: True\n" + features
         tail += pretrainer_block(
             {"model": "model", "adapter": "adapted_model"},
-            {"model": values["base_checkpoint"]},
+            {"model": "base_checkpoint"},
             ["model"],
         )
     else:
@@ -270,7 +272,7 @@ def model_inference_folder(
         tail = adapter_block(adapted, "model") + "    manual_adapter_insertion: True\n" + mods
         tail += pretrainer_block(
             {"model": base, "adapter": "adapted_model"},
-            {"model": values["base_checkpoint"]},
+            {"model": "base_checkpoint"},
             ["model"],
         )
     else:

@@ -67,7 +67,8 @@ def sha256_json(data: Any) -> str:
 
 # ---------------------------------------------------------------- files
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary sibling, fsync, rename).
+    """Write ``data`` to ``path`` atomically (temporary sibling, fsync, rename); the file's
+    mode follows the umask, as a plain ``open`` would give it.
 
     Example
     -------
@@ -76,8 +77,9 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     b'new'
     """
     path = Path(path)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
+        handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(handle, "wb") as out:
             out.write(data)
             out.flush()

@@ -122,3 +122,11 @@ def test_atomic_file_writes_leave_no_temporary(tmp_path):
     io.write_json(path, {"a": 2})
     assert path.read_text() == '{\n  "a": 2\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
+
+
+def test_atomic_files_get_the_modes_plain_files_get(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert (io.write_text(tmp_path / "atomic.txt", "x").stat().st_mode & 0o777) == (
+        plain.stat().st_mode & 0o777
+    )

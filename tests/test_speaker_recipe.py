@@ -260,6 +260,22 @@ def test_the_inference_folder_verifies_from_anywhere_with_the_validation_thresho
     _, e, t = trials[0]
     score, same = verifier.verify_files(str(folder / f"{e}.wav"), str(folder / f"{t}.wav"))
     assert bool(same) == bool(score > threshold)
+    # a moved base is named by an override, as the template says
+    import shutil
+
+    moved = str(shutil.copy(folder / "tiny.safetensors", tmp_path / "moved.safetensors"))
+    again = SpeakerVerifier.from_hparams(
+        source=str(lora_run / "inference"), overrides={"base_checkpoint": moved}, savedir="m1"
+    )
+    assert torch.equal(
+        again.embed_file(str(folder / f"{e}.wav")), verifier.embed_file(str(folder / f"{e}.wav"))
+    )
+    with pytest.raises(FileNotFoundError, match="nowhere.safetensors does not exist"):
+        SpeakerVerifier.from_hparams(
+            source=str(lora_run / "inference"),
+            overrides={"base_checkpoint": str(tmp_path / "nowhere.safetensors")},
+            savedir="m2",
+        )
 
 
 def test_verify_command_scores_pairs_and_trial_lists_and_reports_bad_files(
