@@ -39,7 +39,7 @@ import os
 import random
 import shutil
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -254,8 +254,20 @@ class CompleteCheckpointer(checkpoints.Checkpointer):
     MARKER = "COMPLETE"
 
     # ---------------------------------------------------------- saving
-    def save_checkpoint(self, meta=None, end_of_epoch=True, name=None, verbosity=logging.INFO):
-        """Save every recoverable, then the marker (see ``Checkpointer.save_checkpoint``)."""
+    def save_checkpoint(
+        self,
+        meta: Mapping[str, Any] | None = None,
+        end_of_epoch: bool = True,
+        name: str | None = None,
+        verbosity: int = logging.INFO,
+    ) -> checkpoints.Checkpoint | None:
+        """Save every recoverable, then the marker (see ``Checkpointer.save_checkpoint``).
+
+        Returns
+        -------
+        Checkpoint or None
+            The checkpoint saved, on the main process; ``None`` on the others.
+        """
         own_hooks = self.custom_save_hooks
         self.custom_save_hooks = {
             key: _then_fault_point(hook) for key, hook in self._save_hooks().items()
@@ -285,12 +297,19 @@ class CompleteCheckpointer(checkpoints.Checkpointer):
                 hooks[key] = hook
         return hooks
 
-    def _save_checkpoint_metafile(self, fpath, meta_to_include=None, end_of_epoch=True):
+    def _save_checkpoint_metafile(
+        self,
+        fpath: Path,
+        meta_to_include: Mapping[str, Any] | None = None,
+        end_of_epoch: bool = True,
+    ) -> dict[str, Any]:
         meta = super()._save_checkpoint_metafile(fpath, meta_to_include or {}, end_of_epoch)
         fault_point("checkpoint_file", fpath)
         return meta
 
-    def save_and_keep_only(self, *args: Any, importance_keys=None, **kwargs: Any) -> None:
+    def save_and_keep_only(
+        self, *args: Any, importance_keys: list[Callable] | None = None, **kwargs: Any
+    ) -> None:
         """``Checkpointer.save_and_keep_only`` without its shared default list, to which
         each call appended a key (so every deletion grew slower over a run)."""
         super().save_and_keep_only(*args, importance_keys=list(importance_keys or []), **kwargs)
@@ -299,12 +318,12 @@ class CompleteCheckpointer(checkpoints.Checkpointer):
     def delete_checkpoints(
         self,
         *,
-        num_to_keep=1,
-        min_keys=None,
-        max_keys=None,
-        importance_keys=None,
-        ckpt_predicate=None,
-        verbosity=logging.INFO,
+        num_to_keep: int = 1,
+        min_keys: list[str] | None = None,
+        max_keys: list[str] | None = None,
+        importance_keys: list[Callable] | None = None,
+        ckpt_predicate: Callable | None = None,
+        verbosity: int = logging.INFO,
     ) -> None:
         """``Checkpointer.delete_checkpoints``, removing each checkpoint's marker first,
         so a kill inside a deletion leaves a folder the next listing removes, never a
@@ -342,7 +361,7 @@ class CompleteCheckpointer(checkpoints.Checkpointer):
         folder.rmdir()
 
     # ---------------------------------------------------------- listing
-    def list_checkpoints(self):
+    def list_checkpoints(self) -> list[checkpoints.Checkpoint]:
         """Complete checkpoints only; the main process removes the others (cut short by a
         kill while written or deleted). A complete one whose ``CKPT.yaml`` is damaged
         stops the run (:class:`DamagedCheckpointError`)."""
@@ -390,7 +409,7 @@ class CompleteCheckpointer(checkpoints.Checkpointer):
         ]
 
     # ---------------------------------------------------------- loading
-    def load_checkpoint(self, checkpoint) -> None:
+    def load_checkpoint(self, checkpoint: checkpoints.Checkpoint) -> None:
         """Check the checkpoint's files against its marker, then load it; a checkpoint
         written inside an epoch restores the random states once more, after the data
         loader resumed with it makes its iterator (see :func:`restore_after_next_iteration`).

@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """Kill-and-resume soak: many random kill points, both recipes and a two-process DDP run.
 
-Each trial starts a tiny run with ``SPEECH_ADAPTERS_FAULT=<point>:<count>`` (the run
-SIGKILLs itself there: mid-batch, mid-checkpoint-write, or after training), reruns the
-same command, and compares the summary (training time aside) and the adapter bytes with
-an uninterrupted run of the same configuration. It exits non-zero on any difference.
+Each trial starts a tiny run with ``SPEECH_ADAPTERS_FAULT=<point>:<count>[:torn]`` (the
+run SIGKILLs itself there: mid-batch, at any step of a checkpoint save or of the deletion
+of an older one, or after training; see :mod:`recipes.resumption`), reruns the same
+command, and compares the summary (training time aside) and the adapter bytes with an
+uninterrupted run of the same configuration. The killed runs write a checkpoint after
+every batch (``--ckpt_interval_steps``, 1 by default), the uninterrupted one only at
+epoch ends, so the comparison also shows that checkpoints inside an epoch change nothing.
+It exits non-zero on any difference.
 
     python tests/soak.py                     # 8 trials per configuration, ~10 min on 2 cores
     python tests/soak.py --trials 20 --seed 3 --configs asr-ddp
@@ -80,12 +84,39 @@ def configurations(work: Path) -> dict[str, tuple[list[str], int]]:
     }
 
 
+#: Files of one checkpoint (CKPT.yaml and one per recoverable), about: a count past the
+#: last pass of a point only means that trial's run is not killed.
+FILES_PER_CHECKPOINT = 8
+
+
+def random_fault(rng: random.Random, batches: int, interval: int) -> str:
+    """A kill point and the pass to kill at, anywhere in a run of ``EPOCHS`` epochs of
+    ``batches`` batches with a checkpoint every ``interval`` steps (0: at epoch ends)."""
+    saves = EPOCHS * (1 + (batches // interval if interval else 0))
+    files = saves * FILES_PER_CHECKPOINT
+    limits = {
+        "train_batch": batches * EPOCHS,
+        "checkpoint_write": saves,
+        "checkpoint_file": files,
+        "checkpoint_marker": saves,
+        "checkpoint_complete": saves,
+        "checkpoint_delete": max(1, saves - 1) * (FILES_PER_CHECKPOINT + 1),
+        "before_test": 1,
+    }
+    point = rng.choice(sorted(limits))
+    torn = ":torn" if point == "checkpoint_file" and rng.random() < 0.5 else ""
+    return f"{point}:{rng.randint(1, limits[point])}{torn}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8, help="per configuration")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--configs", default="asr,whisper,asr-ddp", help="which configurations")
+    parser.add_argument(
+        "--interval", type=int, default=1, help="training steps between checkpoints (0: none)"
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     rng = random.Random(args.seed)
@@ -100,16 +131,11 @@ def main(argv: list[str] | None = None) -> int:
             execute([*command, f"--output_folder={reference}"])
             expected = outcome(reference)
             for trial in range(args.trials):
-                point = rng.choice(["train_batch", "checkpoint_write", "before_test"])
-                limit = {
-                    "train_batch": batches * EPOCHS,
-                    "checkpoint_write": EPOCHS,
-                    "before_test": 1,
-                }[point]
-                fault = f"{point}:{rng.randint(1, limit)}"
+                fault = random_fault(rng, batches, args.interval)
                 folder = work / f"{name}-{trial}"
-                code = execute([*command, f"--output_folder={folder}"], fault)
-                execute([*command, f"--output_folder={folder}"])
+                interval = [f"--ckpt_interval_steps={args.interval}"] if args.interval else []
+                code = execute([*command, *interval, f"--output_folder={folder}"], fault)
+                execute([*command, *interval, f"--output_folder={folder}"])
                 same = outcome(folder) == expected
                 failures += not same
                 rows.append((name, fault, code, same))

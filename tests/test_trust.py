@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+import yaml
 from conftest import ASR_TINY
 from recipe_runs import epoch_losses, run, run_failing
 
@@ -39,7 +40,7 @@ def lora(asr_base, out: Path, *extra: str) -> list[str]:
 def killed(args: list[str], point: str) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SPEECH_ADAPTERS_FAULT": point}
     return subprocess.run(
-        [sys.executable, *args], check=False, env=env, cwd=ROOT, capture_output=True, timeout=600
+        [sys.executable, *args], check=False, env=env, cwd=ROOT, capture_output=True, timeout=1800
     ).returncode
 
 
@@ -78,6 +79,106 @@ def test_kill_9_at_any_point_then_rerun_ends_with_the_same_figures(
         assert not [p for p in (out / "save").glob("CKPT+*") if not (p / "COMPLETE").is_file()]
 
 
+#: Kills inside checkpoint saves, one checkpoint per training step: two epochs of three
+#: batches make saves 1-3 and 5-7 inside the epochs, 4 and 8 at their ends, 8 files each
+#: (CKPT.yaml, then model, scheduler, counter, run_state, brain, dataloader, optimizer).
+INSIDE_SAVES = [
+    "checkpoint_write:2",  # writing the 2nd save's random states: resumes from the 1st
+    "checkpoint_file:29:torn",  # epoch 1's closing save, a file half written: resumes from
+    # the checkpoint after its last batch, with no batch left to run in epoch 1
+    "checkpoint_marker:6",  # every file of a save inside epoch 2, not its marker
+    "checkpoint_complete:4",  # epoch 1's closing save complete, the older one not deleted
+    "checkpoint_delete:22",  # that deletion cut after its marker and three files
+]
+
+
+@pytest.mark.parametrize("point", INSIDE_SAVES)
+def test_kill_9_inside_any_step_of_a_checkpoint_save_then_rerun_ends_bit_exact(
+    asr_base, reference, tmp_path, point
+):
+    """With --ckpt_interval_steps=1 (a checkpoint after every batch), a kill at each step
+    of a save or of the deletion after it: the rerun ends with the summary and adapter
+    bytes of the uninterrupted run (which wrote no checkpoint inside its epochs)."""
+    out = tmp_path / "run"
+    args = lora(asr_base, out, "--ckpt_interval_steps=1")
+    assert killed(args, point) == -9
+    run(*args)
+    assert figures(out) == figures(reference)
+    assert digest(out / "adapter.safetensors") == digest(reference / "adapter.safetensors")
+    assert all((p / "COMPLETE").is_file() for p in (out / "save").glob("CKPT+*"))
+
+
+def folder_contents(folder: Path) -> dict[str, str]:
+    """Every file's SHA-256 (a link: its target) under ``folder``, by relative path; the
+    lock aside (a killed run leaves its lock, which the next run takes over)."""
+    return {
+        str(p.relative_to(folder)): f"-> {os.readlink(p)}" if p.is_symlink() else digest(p)
+        for p in sorted(folder.rglob("*"))
+        if (p.is_symlink() or p.is_file()) and p.name != ".lock"
+    }
+
+
+def other_base(asr_base, tmp_path: Path) -> Path:
+    """The base checkpoint with one frozen weight moved: another base model."""
+    path = tmp_path / "other_base.ckpt"
+    state = torch.load(asr_base["base"], weights_only=True)
+    frozen = next(k for k in state if k.startswith("encoder.") and k.endswith(".weight"))
+    state[frozen] += 0.01
+    torch.save(state, path)
+    return path
+
+
+def test_a_refused_rerun_changes_nothing_in_the_folder(asr_base, reference, tmp_path):
+    """A rerun with another base is refused, and every file of the folder keeps its
+    bytes (hyperparams.yaml, env.log, log.txt, the save/pretrained link...)."""
+    out = tmp_path / "run"
+    shutil.copytree(reference, out, symlinks=True)
+    before = folder_contents(out)
+    message = run_failing(
+        *lora(asr_base, out, f"--base_checkpoint={other_base(asr_base, tmp_path)}")
+    )
+    assert "changed: the base model weights" in message
+    assert folder_contents(out) == before
+
+
+def test_a_run_resumed_with_another_precision_is_refused(asr_base, reference, tmp_path):
+    """The precision is recorded in the summary; a run killed in fp32 and rerun with
+    bf16 is refused naming both values and the ways out, and the folder is unchanged;
+    --fresh_start True trains again in bf16."""
+    assert figures(reference)["settings"]["run_options"]["precision"] == "fp32"
+    out = tmp_path / "run"
+    assert killed(lora(asr_base, out), "train_batch:5") == -9
+    before = folder_contents(out)
+    message = run_failing(*lora(asr_base, out, "--precision=bf16"))
+    assert "precision: fp32 -> bf16" in message and "rerun with --precision fp32" in message
+    assert "--fresh_start True" in message
+    assert folder_contents(out) == before
+    run(*lora(asr_base, out, "--precision=bf16", "--fresh_start=True"))
+    assert figures(out)["settings"]["run_options"]["precision"] == "bf16"
+
+
+def test_a_damaged_checkpoint_names_the_file_and_the_way_out(asr_base, reference, tmp_path):
+    """A flipped byte in a file of the checkpoint a rerun resumes from: refused naming
+    that file, rm -r of its checkpoint and --fresh_start True; doing the former, the
+    rerun ends with the uninterrupted run's figures and adapter."""
+    out = tmp_path / "run"
+    assert killed(lora(asr_base, out), "before_test:1") == -9
+    newest = max(
+        (out / "save").glob("CKPT+*"),
+        key=lambda p: float(yaml.safe_load((p / "CKPT.yaml").read_text())["unixtime"]),
+    )
+    data = bytearray((newest / "model.ckpt").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (newest / "model.ckpt").write_bytes(bytes(data))
+    message = run_failing(*lora(asr_base, out))
+    assert str(newest / "model.ckpt") in message
+    assert f"rm -r {newest}" in message and "--fresh_start True" in message
+    shutil.rmtree(newest)
+    run(*lora(asr_base, out))
+    assert figures(out) == figures(reference)
+    assert digest(out / "adapter.safetensors") == digest(reference / "adapter.safetensors")
+
+
 def test_a_finished_run_is_not_redone_or_overwritten(asr_base, reference):
     before = (reference / "summary.json").read_bytes()
     out = run(*lora(asr_base, reference))
@@ -91,12 +192,7 @@ def test_changed_inputs_stop_a_rerun_and_fresh_start_redoes_it(asr_base, referen
     (out / ".lock").unlink(missing_ok=True)
     message = run_failing(*lora(asr_base, out, "--alpha=2"))
     assert "changed: the setting alpha" in message and "--fresh_start True" in message
-    other = tmp_path / "other_base.ckpt"
-    state = torch.load(asr_base["base"], weights_only=True)
-    frozen = next(k for k in state if k.startswith("encoder.") and k.endswith(".weight"))
-    state[frozen] += 0.01
-    torch.save(state, other)
-    args = lora(asr_base, out, f"--base_checkpoint={other}")
+    args = lora(asr_base, out, f"--base_checkpoint={other_base(asr_base, tmp_path)}")
     assert "changed: the base model weights" in run_failing(*args)
     run(*args, "--fresh_start=True")
     assert figures(out)["after"] != figures(reference)["after"] or digest(
