@@ -102,17 +102,17 @@ main_job() {
 
 asr_job() {
     local start=$SECONDS
-    if [ ! -f results/pretrain_asr/base_model.ckpt ]; then
+    if [ ! -f results/asr/pretrain/base_model.ckpt ]; then
         echo "[asr] pretraining the base model on the source domain"
         "$PY" recipes/asr/train.py hparams/pretrain_asr.yaml
     else
-        echo "[asr] base model found: results/pretrain_asr/base_model.ckpt"
+        echo "[asr] base model found: results/asr/pretrain/base_model.ckpt"
     fi
     echo "[asr] adapting with LoRA"
     train recipes/asr/train.py hparams/lora_asr.yaml hparams/full_asr.yaml "$@"
     echo "[asr] full fine-tuning, for comparison"
     train recipes/asr/train.py hparams/full_asr.yaml hparams/lora_asr.yaml "$@"
-    "$PY" recipes/report.py results/pretrain_asr results/lora_asr results/full_asr --sets target source
+    "$PY" recipes/report.py results/asr --sets target source
     echo "[asr] done in $((SECONDS - start)) s"
 }
 

@@ -4,7 +4,7 @@
     python -m recipes.export results/whisper/lora/noisy --to transformers exported/hf
     python -m recipes.export results/whisper/lora/noisy --to peft exported/peft
     python -m recipes.export results/whisper/lora/noisy --to ctranslate2 ct2 --quantization int8
-    python -m recipes.export results/lora_asr/noisy --to speechbrain exported/ctc
+    python -m recipes.export results/asr/lora/noisy --to speechbrain exported/ctc
 
 - ``speechbrain``: a pretrained folder with the adapters merged into the weights
   (``model.ckpt``) and a ``hyperparams.yaml`` without adapters, for

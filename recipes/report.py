@@ -2,7 +2,7 @@
 """Print the results of recipe runs as a markdown table.
 
     python recipes/report.py results/whisper
-    python recipes/report.py results/lora_asr results/full_asr --sets target source
+    python recipes/report.py results/asr/lora results/asr/full --sets target source
 
 Reads every ``summary.json`` below the given folder (written by the recipes'
 ``train.py``) and prints one row per run: method, trainable parameters,
