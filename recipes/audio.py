@@ -12,8 +12,10 @@ Authors
 
 from __future__ import annotations
 
+import csv
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import soundfile
 import torch
@@ -149,3 +151,56 @@ def crop_batch(
         crops[row, : piece.shape[0]] = piece
         kept.append(piece.shape[0] / size)
     return crops, torch.tensor(kept, device=wavs.device)
+
+
+#: What a folder given as input is searched for.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
+
+
+def manifest_files(path: Path) -> list[Path]:
+    """The ``wav`` column of a CSV manifest, ``$data_root`` and relative paths taken as the
+    manifest's folder.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "m.csv").write_text("ID,wav\\na,$data_root/a.wav\\nb,sub/b.flac\\n")
+    >>> [str(p.relative_to(folder)) for p in manifest_files(folder / "m.csv")]
+    ['a.wav', 'sub/b.flac']
+    """
+    root = path.parent.resolve()
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle, skipinitialspace=True)
+        if "wav" not in [name.strip() for name in reader.fieldnames or []]:
+            raise ValueError(
+                f"The manifest {path} has no 'wav' column: give the audio paths in a column "
+                "named wav (one file a row), or pass the audio files or their folder instead."
+            )
+        rows = [{key.strip(): value for key, value in row.items() if key} for row in reader]
+    files = [Path(row["wav"].strip().replace("$data_root", str(root))) for row in rows]
+    return [p if p.is_absolute() else root / p for p in files]
+
+
+def audio_inputs(entries: list[str]) -> list[Path]:
+    """Files, folders (their audio files, recursively, sorted) and manifests, in the order
+    given. A name that is neither a folder nor a manifest is taken as a file (one that
+    does not exist fails on its own, later)."""
+    files: list[Path] = []
+    for entry in entries:
+        path = Path(entry)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
+            )
+            if not found:
+                raise ValueError(
+                    f"The folder {path} holds no audio file ({', '.join(AUDIO_SUFFIXES)}): "
+                    "give the folder the recordings are in, or the files themselves."
+                )
+            files += found
+        elif path.suffix.lower() == ".csv" and path.is_file():
+            files += manifest_files(path)
+        else:
+            files.append(path)
+    return files

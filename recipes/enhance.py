@@ -22,18 +22,14 @@ Authors
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from recipes.audio import AudioError
-from recipes.inference import interface_class, load_inference
-
-#: What a folder given as input is searched for.
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
+from recipes.audio import AudioError, audio_inputs
+from recipes.inference import load_task_interface
 
 
 @dataclass
@@ -42,55 +38,6 @@ class Job:
 
     source: Path
     target: Path
-
-
-def manifest_files(path: Path) -> list[Path]:
-    """The ``wav`` column of a CSV manifest, ``$data_root`` and relative paths taken as the
-    manifest's folder.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> folder = Path(tempfile.mkdtemp())
-    >>> _ = (folder / "m.csv").write_text("ID,wav\\na,$data_root/a.wav\\nb,sub/b.flac\\n")
-    >>> [str(p.relative_to(folder)) for p in manifest_files(folder / "m.csv")]
-    ['a.wav', 'sub/b.flac']
-    """
-    root = path.parent.resolve()
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle, skipinitialspace=True)
-        if "wav" not in [name.strip() for name in reader.fieldnames or []]:
-            raise ValueError(
-                f"The manifest {path} has no 'wav' column: give the audio paths in a column "
-                "named wav (one file a row), or pass the audio files or their folder instead."
-            )
-        rows = [{key.strip(): value for key, value in row.items() if key} for row in reader]
-    files = [Path(row["wav"].strip().replace("$data_root", str(root))) for row in rows]
-    return [p if p.is_absolute() else root / p for p in files]
-
-
-def gather_inputs(entries: list[str]) -> list[Path]:
-    """Files, folders (their audio files, recursively, sorted) and manifests, in the order
-    given. A name that is neither a folder nor a manifest is taken as a file (one that
-    does not exist fails on its own, later)."""
-    files: list[Path] = []
-    for entry in entries:
-        path = Path(entry)
-        if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
-            )
-            if not found:
-                raise ValueError(
-                    f"The folder {path} holds no audio file ({', '.join(AUDIO_SUFFIXES)}): "
-                    "give the folder the recordings are in, or the files themselves."
-                )
-            files += found
-        elif path.suffix.lower() == ".csv" and path.is_file():
-            files += manifest_files(path)
-        else:
-            files.append(path)
-    return files
 
 
 def output_names(files: list[Path]) -> list[str]:
@@ -137,20 +84,7 @@ def plan(files: list[Path], output_dir: Path, overwrite: bool) -> list[Job]:
 
 def load_enhancer(run: str | Path, device: str = "cpu"):
     """The ``SpeechEnhancer`` of an enhancement run (or its inference folder)."""
-    folder = Path(run)
-    inference = folder / "inference" if (folder / "inference").is_dir() else folder
-    if not (inference / "hyperparams.yaml").is_file() and (folder / "save").is_dir():
-        raise FileNotFoundError(
-            f"{run} is a run folder without an inference folder: the run has not finished (the "
-            "inference folder is written at its end). Rerun its training command to finish it."
-        )
-    name = interface_class(inference).__name__
-    if name != "SpeechEnhancer":
-        raise ValueError(
-            f"{run} holds a {name} model, not a speech enhancer: give the folder of a run of "
-            "recipes/enhancement/train.py."
-        )
-    return load_inference(inference, device=device)
+    return load_task_interface(run, "SpeechEnhancer", "recipes/enhancement/train.py", device)
 
 
 def enhance_all(enhancer, jobs: list[Job]) -> list[str]:
@@ -179,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if output_dir.exists() and not output_dir.is_dir():
             raise ValueError(f"--output-dir {output_dir} is a file: give a folder.")
-        jobs = plan(gather_inputs(args.inputs), output_dir, args.overwrite)
+        jobs = plan(audio_inputs(args.inputs), output_dir, args.overwrite)
         enhancer = load_enhancer(args.run, args.device)
     except (ValueError, OSError, RuntimeError) as err:  # a refused target, an unusable RUN
         print(f"error: {err}", file=sys.stderr)

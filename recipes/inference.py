@@ -34,6 +34,7 @@ INTERFACES = {
     "EncoderASR": "speechbrain.inference.ASR.EncoderASR",
     "SpeakerVerifier": "recipes.speaker.interface.SpeakerVerifier",
     "SpeechEnhancer": "recipes.enhancement.interface.SpeechEnhancer",
+    "SpeechDetector": "recipes.vad.interface.SpeechDetector",
 }
 #: Tasks whose inference folder is a ``model`` network read from ``base_checkpoint``
 #: (:func:`model_inference_folder`): interface -> (template name, the interface's modules
@@ -44,6 +45,7 @@ MODEL_FOLDERS = {
         {"compute_features": "compute_features", "embedding_model": "model"},
     ),
     "SpeechEnhancer": ("enhancement", {"enhance_model": "model"}),
+    "SpeechDetector": ("vad", {"model": "model"}),
 }
 
 
@@ -156,6 +158,24 @@ def load_inference(
         source=str(folder.resolve()), overrides=overrides or {}, run_opts={"device": device},
         **kwargs,
     )  # fmt: skip
+
+
+def load_task_interface(run: str | os.PathLike, interface: str, recipe: str, device: str = "cpu"):
+    """The ``interface`` of a run of ``recipe`` (its run folder or inference folder), or a
+    clear error: an unfinished run, or a run of another task."""
+    folder = Path(run)
+    inference = folder / "inference" if (folder / "inference").is_dir() else folder
+    if not (inference / "hyperparams.yaml").is_file() and (folder / "save").is_dir():
+        raise FileNotFoundError(
+            f"{run} is a run folder without an inference folder: the run has not finished (the "
+            "inference folder is written at its end). Rerun its training command to finish it."
+        )
+    name = interface_class(inference).__name__
+    if name != interface:
+        raise ValueError(
+            f"{run} holds a {name} model, not a {interface}: give the folder of a run of {recipe}."
+        )
+    return load_inference(inference, device=device)
 
 
 def trained_files(brain: Any, hparams: dict[str, Any]) -> dict[str, Path]:

@@ -46,11 +46,10 @@ from pathlib import Path
 
 import torch
 
-from recipes.audio import ShortAudioError, load_audio
+from recipes.audio import AUDIO_SUFFIXES, ShortAudioError, load_audio
 from recipes.inference import load_inference, whisper_inference_folder
 
 logger = logging.getLogger(__name__)
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif"}
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: A recording shorter than this holds no word; it is reported, not decoded.
 MIN_AUDIO_S = 0.1

@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from recipes.audio import AudioError
-from recipes.inference import interface_class, load_inference
+from recipes.inference import load_task_interface
 from recipes.io import write_text
 
 
@@ -77,15 +77,7 @@ def read_trial_list(path: str | Path) -> list[Trial]:
 
 def load_verifier(run: str | Path, device: str = "cpu"):
     """The ``SpeakerVerifier`` of a speaker run (or its inference folder)."""
-    folder = Path(run)
-    inference = folder / "inference" if (folder / "inference").is_dir() else folder
-    name = interface_class(inference).__name__
-    if name != "SpeakerVerifier":
-        raise ValueError(
-            f"{run} holds a {name} model, not a speaker verifier: give the folder of a run of "
-            "recipes/speaker/train.py."
-        )
-    return load_inference(inference, device=device)
+    return load_task_interface(run, "SpeakerVerifier", "recipes/speaker/train.py", device)
 
 
 def score_trials(verifier, trials: list[Trial], root: Path, threshold: float) -> list[str]:

@@ -152,42 +152,125 @@ def random_base(tmp_path_factory):
     return tmp / "random.safetensors"
 
 
-def test_lora_and_full_runs_train_and_report_f1_and_auc(random_base, tmp_path):
-    data = tmp_path / "corpus"
+@pytest.fixture(scope="module")
+def vad_runs(random_base, tmp_path_factory):
+    """A tiny LoRA run and a tiny full fine-tuning run on one corpus (3 epochs each)."""
+    tmp = tmp_path_factory.mktemp("vad_runs")
+    data = tmp / "corpus"
     common = (
         "--corpus_size=tiny", f"--data_folder={data}", f"--base_checkpoint={random_base}",
         "--real_speech=False", "--num_workers=0", "--batch_size=2", "--n_warmup_steps=1",
-        "--number_of_epochs=3", f"--before_cache={tmp_path / 'before.json'}",
+        "--number_of_epochs=3", f"--before_cache={tmp / 'before.json'}",
     )  # fmt: skip
     run(str(TRAIN), "hparams/lora_vad.yaml", *common, "--rank=2", "--alpha=4", "--lr=0.02",
-        f"--output_folder={tmp_path / 'lora'}")  # fmt: skip
-    summary = json.loads((tmp_path / "lora" / "summary.json").read_text())
+        f"--output_folder={tmp / 'lora'}")  # fmt: skip
+    run(str(TRAIN), "hparams/full_vad.yaml", *common, "--lr=0.003",
+        f"--output_folder={tmp / 'full'}")  # fmt: skip
+    return {"lora": tmp / "lora", "full": tmp / "full", "data": data}
+
+
+def test_lora_and_full_runs_train_and_report_f1_and_auc(vad_runs):
+    lora = vad_runs["lora"]
+    summary = json.loads((lora / "summary.json").read_text())
     assert summary["metric"] == "F1" and set(summary["after"]) == {"target", "source"}
     for name in ("target", "source"):
         after = summary["after"][name]
         assert 0 <= after["F1"] <= 1 and 0 <= after["AUC"] <= 1 and after["n"] > 0
         assert summary["before"][name] != after
-    losses = epoch_losses(tmp_path / "lora" / "train_log.txt")
+    losses = epoch_losses(lora / "train_log.txt")
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert "LoRA on 6 layers" in summary["adapters"]  # 4 convolutions, both LSTM weights
     assert (
         summary["trainable_params"]
         == 2 * (387 + 128 + 384 + 64 + 192 + 64 + 192 + 128) + 2 * 2 * (512 + 128) + 129
     )
-    details = (tmp_path / "lora" / "vad_target_after.txt").read_text().splitlines()
+    details = (lora / "vad_target_after.txt").read_text().splitlines()
     assert details[0].split() == ["ID", "chunks", "speech_chunks", "detected", "F1"]
     assert len(details) == 1 + summary["after"]["target"]["n"]
-    assert (tmp_path / "lora" / "adapter.safetensors").stat().st_size == summary[
-        "adapter_file_bytes"
-    ]
+    assert (lora / "adapter.safetensors").stat().st_size == summary["adapter_file_bytes"]
 
-    run(str(TRAIN), "hparams/full_vad.yaml", *common, "--lr=0.003",
-        f"--output_folder={tmp_path / 'full'}")  # fmt: skip
-    full = json.loads((tmp_path / "full" / "summary.json").read_text())
+    full = json.loads((vad_runs["full"] / "summary.json").read_text())
     assert full["before"] == summary["before"]  # one base, one evaluation, shared
     assert full["trainable_params"] == full["total_params"]
     # the same base: LoRA's total is the base plus its low-rank factors (the head is the base's)
     assert full["total_params"] == summary["total_params"] - summary["trainable_params"] + 129
+
+
+def _detail_f1(run_folder: Path, name: str) -> dict[str, tuple[int, float]]:
+    """Per recording of a test set: its detected chunks and F1, as the run wrote them."""
+    lines = (run_folder / f"vad_{name}_after.txt").read_text().splitlines()[1:]
+    return {f[0]: (int(f[3]), float(f[4])) for f in (line.split() for line in lines)}
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_the_inference_folder_detects_from_anywhere_as_the_recipe_scored(
+    vad_runs, method, tmp_path, monkeypatch
+):
+    """``SpeechDetector.from_hparams`` from another directory: its chunk decisions at the
+    run's threshold give, per test recording, the detected chunks and F1 the run wrote."""
+    from recipes.vad.interface import SpeechDetector
+    from recipes.vad.model import speech_segments
+
+    rows = {r["ID"]: r for r in _rows(vad_runs["data"] / "noisy_vad_test.csv")}
+    monkeypatch.chdir(tmp_path)
+    vad = SpeechDetector.from_hparams(source=str(vad_runs[method] / "inference"))
+    threshold = vad.hparams.threshold
+    for uid, (detected, f1) in _detail_f1(vad_runs[method], "target").items():
+        wav = rows[uid]["wav"].replace("$data_root", str(vad_runs["data"]))
+        probabilities = vad.get_speech_prob_file(wav)[0, :, 0]
+        labels = chunk_labels(speech_segments(rows[uid]["speech"]), soundfile.info(wav).frames)
+        decisions = probabilities[: len(labels)] >= threshold
+        assert int(decisions.sum()) == detected
+        assert f1_score(decisions, labels)["F1"] == pytest.approx(f1, abs=1e-3)
+        segments = vad.get_speech_segments(wav)
+        assert segments.shape[1] == 2 and bool((segments[:, 1] >= segments[:, 0]).all())
+        assert not len(segments) or float(segments.max()) <= soundfile.info(wav).duration + 1e-6
+
+
+def test_segment_command_writes_segments_and_a_manifest_the_recipe_reads(
+    vad_runs, tmp_path, capsys
+):
+    from recipes.segment import main
+    from recipes.vad.interface import SpeechDetector
+    from recipes.vad.model import speech_segments
+
+    rows = _rows(vad_runs["data"] / "noisy_vad_test.csv")[:2]
+    wavs = [Path(r["wav"].replace("$data_root", str(vad_runs["data"]))) for r in rows]
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"not audio")
+    out, manifest = tmp_path / "seg.csv", tmp_path / "speech.csv"
+    args = [str(vad_runs["lora"]), *map(str, wavs), str(broken), "--output", str(out),
+            "--manifest", str(manifest), "--threshold", "0.3"]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 1 and "broken.wav" in err
+    vad = SpeechDetector.from_hparams(source=str(vad_runs["lora"] / "inference"))
+    rows = _rows(str(manifest))
+    assert [r["ID"] for r in rows] == [w.stem for w in wavs]
+    for row, wav in zip(rows, wavs):
+        expected = [tuple(round(float(x), 3) for x in seg)
+                    for seg in vad.get_speech_segments(str(wav), threshold=0.3).tolist()]  # fmt: skip
+        assert speech_segments(row["speech"], duration=float(row["duration"])) == expected
+    listed = _rows(str(out))
+    assert len(listed) == sum(len(speech_segments(r["speech"])) for r in rows)
+    with pytest.raises(SystemExit):  # existing outputs are not replaced without --overwrite
+        main(args)
+    assert main([*args, "--overwrite"]) == 1
+
+
+def test_a_vad_run_exports_a_merged_folder_with_the_same_probabilities(vad_runs, tmp_path):
+    from recipes.export import export
+    from recipes.vad.interface import SpeechDetector
+
+    merged = export(vad_runs["lora"], "speechbrain", tmp_path / "merged")
+    row = _rows(vad_runs["data"] / "noisy_vad_test.csv")[0]
+    wav = row["wav"].replace("$data_root", str(vad_runs["data"]))
+    adapted = SpeechDetector.from_hparams(source=str(vad_runs["lora"] / "inference"))
+    plain = SpeechDetector.from_hparams(source=str(merged))
+    assert "adapter.ckpt" not in {p.name for p in merged.iterdir()}
+    assert torch.allclose(
+        plain.get_speech_prob_file(wav), adapted.get_speech_prob_file(wav), atol=1e-5
+    )
 
 
 def test_labels_that_do_not_fit_the_recording_are_refused(random_base, tmp_path):

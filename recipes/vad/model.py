@@ -90,6 +90,49 @@ class SileroVAD(nn.Module):
         return self.head(hidden.transpose(1, 2)).squeeze(1)
 
 
+def speech_probabilities(model: nn.Module, wav: torch.Tensor) -> torch.Tensor:
+    """``(batch, chunks)`` speech probabilities of 16 kHz audio ``(batch, samples)``: what the
+    recipe scores and its inference interface thresholds into segments.
+
+    Example
+    -------
+    >>> p = speech_probabilities(SileroVAD().eval(), torch.randn(1, 1024))
+    >>> p.shape, bool(((p >= 0) & (p <= 1)).all())
+    (torch.Size([1, 2]), True)
+    """
+    return model(wav).float().sigmoid()
+
+
+def chunk_spans(decisions: torch.Tensor, resolution: float) -> torch.Tensor:
+    """``(n, 2)`` start and end times of the runs of speech chunks in 1-D ``decisions``.
+
+    A chunk ``i`` spans ``[i, i + 1) * resolution`` seconds: a run ends where its last
+    chunk ends.
+
+    Example
+    -------
+    >>> chunk_spans(torch.tensor([0, 1, 1, 0, 1]).bool(), 0.5)
+    tensor([[0.5000, 1.5000],
+            [2.0000, 2.5000]])
+    """
+    edges = F.pad(decisions.int().flatten(), (1, 1)).diff()
+    starts, ends = (edges == 1).nonzero().flatten(), (edges == -1).nonzero().flatten()
+    return torch.stack([starts, ends], dim=1).float() * resolution
+
+
+def format_segments(segments: list[tuple[float, float]]) -> str:
+    """Segments in the manifest's ``speech`` column format (what :func:`speech_segments` reads).
+
+    Example
+    -------
+    >>> format_segments([(0.25, 0.5), (1.0, 1.75)])
+    '0.250-0.500 1.000-1.750'
+    >>> speech_segments(format_segments([(0.25, 0.5)]))
+    [(0.25, 0.5)]
+    """
+    return " ".join(f"{start:.3f}-{end:.3f}" for start, end in segments)
+
+
 def speech_segments(
     text: str, duration: float | None = None, tolerance: float = 0.05
 ) -> list[tuple[float, float]]:

@@ -40,6 +40,7 @@ from recipes.adaptation import (
 )
 from recipes.audio import load_audio
 from recipes.common import load_manifest
+from recipes.inference import MODEL_FOLDERS, model_inference_folder, trained_files
 from recipes.vad.model import CHUNK, chunk_labels, f1_score, roc_auc, speech_segments
 
 logger = logging.getLogger(__name__)
@@ -221,6 +222,22 @@ def dataio_prepare(hparams, real_sets: dict[str, str]):
     return train, valid, tests
 
 
+def write_inference(brain: VoiceActivity, hparams) -> Path:
+    """``<output_folder>/inference``: ``SpeechDetector.from_hparams`` with what this run
+    trained, its threshold, and Silero's smoothing (speech continues until the probability
+    falls 0.15 below the threshold)."""
+    values = {key: hparams[key] for key in ("sample_rate", "hidden_size", "threshold")}
+    values["deactivation_threshold"] = round(max(hparams["threshold"] - 0.15, 0.0), 6)
+    values["time_resolution"] = CHUNK / hparams["sample_rate"]
+    values["base_checkpoint"] = os.path.abspath(hparams["base_checkpoint"])
+    task, modules = MODEL_FOLDERS["SpeechDetector"]
+    folder = Path(hparams["output_folder"]) / "inference"
+    files = trained_files(brain, hparams)
+    return model_inference_folder(
+        folder, task, values, hparams.get("adapted_model"), files, modules
+    )
+
+
 def main():
     hparams, run_opts = setup_experiment(sys.argv[1:])
     real_sets = prepare_data(hparams)
@@ -240,7 +257,10 @@ def main():
     )
     if if_main_process():
         logger.info("Scenes: train %d, valid %d", len(train_set), len(valid_set))
-    run_adaptation(brain, hparams, hparams["modules"]["model"], train_set, valid_set, test_sets)
+    run_adaptation(
+        brain, hparams, hparams["modules"]["model"], train_set, valid_set, test_sets,
+        write_inference=write_inference,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
