@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     return subprocess.run(
-        command, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        command, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=3600
     )
 
 

@@ -119,7 +119,7 @@ def test_two_process_torchrun(runs):
     torchrun = Path(sys.executable).with_name("torchrun")
     out = runs["tmp"] / "ddp"
     run(
-        "--nproc_per_node=2", str(TRAIN), "hparams/lora_asr.yaml",
+        "--standalone", "--nproc_per_node=2", str(TRAIN), "hparams/lora_asr.yaml",
         f"--data_folder={runs['corpus']}", *TINY, f"--base_checkpoint={runs['base']}",
         "--distributed_backend=gloo", f"--output_folder={out}",
         launcher=(str(torchrun),),

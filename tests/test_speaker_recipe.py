@@ -128,6 +128,14 @@ def test_speaker_batches_are_distinct_speakers_and_reproducible():
     assert list(sampler) != first
     with pytest.raises(ValueError, match="need 6 speakers"):
         SpeakerBatches(labels, speakers=6, per_speaker=2)
+    # under DDP each process takes its share of the one draw, all the same number of batches
+    alone = SpeakerBatches(labels, speakers=3, per_speaker=2, seed=7)
+    shards = [SpeakerBatches(labels, 3, 2, seed=7, rank=r, world_size=2) for r in (0, 1)]
+    for sampler in (alone, *shards):
+        sampler.set_epoch(1)
+    whole = list(alone)[: len(list(alone)) // 2 * 2]
+    assert len(list(shards[0])) == len(list(shards[1])) == len(whole) // 2
+    assert sorted(map(tuple, list(shards[0]) + list(shards[1]))) == sorted(map(tuple, whole))
 
 
 def test_ge2e_loss_gradient_pulls_a_speaker_together():
@@ -328,3 +336,21 @@ def test_a_speaker_run_exports_a_merged_folder_with_the_same_scores(
     assert "adapter.ckpt" not in {p.name for p in merged.iterdir()}
     assert torch.allclose(plain.embed_file(wav), adapted.embed_file(wav), atol=1e-5)
     assert plain.hparams.threshold == adapted.hparams.threshold
+
+
+def test_two_process_torchrun(speaker_data, tmp_path):
+    """Two gloo processes: one summary, one adapter and one inference folder, from rank 0."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "ddp"
+    run(
+        "--standalone", "--nproc_per_node=2", str(TRAIN), "hparams/lora_speaker.yaml", *TINY,
+        *_data_args(speaker_data), "--rank=2", "--number_of_epochs=1", "--n_warmup_steps=1",
+        "--distributed_backend=gloo", f"--output_folder={out}",
+        f"--before_cache={tmp_path / 'before.json'}", launcher=(str(torchrun),),
+    )  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "lora" and set(summary["after"]) == {"target", "source"}
+    assert (out / "adapter.safetensors").is_file() and (
+        out / "inference" / "adapter.ckpt"
+    ).is_file()
+    assert not list(out.rglob("*.tmp"))

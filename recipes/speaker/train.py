@@ -67,6 +67,8 @@ class SpeakerBatches(torch.utils.data.Sampler):
     ``per_speaker``, shuffles the chunks, and fills batches with chunks of
     distinct speakers; what cannot fill a batch waits for the next epoch's draw.
     A pure function of the seed and the epoch, so a resumed run sees the same batches.
+    Under DDP (``world_size`` processes) each process takes every ``world_size``-th
+    batch of the one draw, all processes the same number.
 
     Example
     -------
@@ -76,8 +78,17 @@ class SpeakerBatches(torch.utils.data.Sampler):
     (1, True)
     """
 
-    def __init__(self, labels: list[str], speakers: int, per_speaker: int, seed: int = 0):
+    def __init__(
+        self,
+        labels: list[str],
+        speakers: int,
+        per_speaker: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.speakers, self.per_speaker, self.seed, self.epoch = speakers, per_speaker, seed, 0
+        self.rank, self.world_size = rank, world_size
         self._drawn: tuple[int, list[list[int]]] | None = None  # (epoch, its batches)
         self.by_speaker: dict[str, list[int]] = defaultdict(list)
         for index, label in enumerate(labels):
@@ -97,7 +108,17 @@ class SpeakerBatches(torch.utils.data.Sampler):
     def _batches(self) -> list[list[int]]:
         """This epoch's batches, drawn once (``len`` and iteration both need them)."""
         if self._drawn is None or self._drawn[0] != self.epoch:
-            self._drawn = (self.epoch, self._draw())
+            batches = self._draw()
+            if self.world_size > 1:
+                usable = len(batches) // self.world_size * self.world_size
+                if usable == 0:
+                    raise ValueError(
+                        f"This epoch's draw holds {len(batches)} GE2E batches, fewer than the "
+                        f"{self.world_size} processes: lower speakers_per_batch or "
+                        "utterances_per_speaker, or run fewer processes."
+                    )
+                batches = batches[:usable][self.rank :: self.world_size]
+            self._drawn = (self.epoch, batches)
         return self._drawn[1]
 
     def _draw(self) -> list[list[int]]:
@@ -132,6 +153,17 @@ class SpeakerBatches(torch.utils.data.Sampler):
 
 class SpeakerVerification(AdaptationBrain):
     """GE2E training; embeddings, cosine scoring, EER and minDCF in evaluation."""
+
+    def _train_loader_specifics(self, dataset, loader_kwargs):
+        """The GE2E batches shard themselves across processes (:class:`SpeakerBatches`):
+        SpeechBrain's wrapper would re-draw them and, with one batch a process, hand the
+        loader a batch where it expects a list of batches."""
+        if self.distributed_launch and isinstance(
+            loader_kwargs.get("batch_sampler"), SpeakerBatches
+        ):
+            self.train_sampler = loader_kwargs["batch_sampler"]
+            return loader_kwargs
+        return super()._train_loader_specifics(dataset, loader_kwargs)
 
     metric_names = ("EER", "minDCF")
     selection_metric = "EER"
@@ -341,11 +373,14 @@ def main():
     )
 
     labels = [train_set.data[uid]["spk_id"] for uid in train_set.data_ids]
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     sampler = SpeakerBatches(
         labels,
         hparams["speakers_per_batch"],
         hparams["utterances_per_speaker"],
         seed=hparams["seed"],
+        rank=torch.distributed.get_rank() if distributed else 0,
+        world_size=torch.distributed.get_world_size() if distributed else 1,
     )
     brain = SpeakerVerification(
         modules=hparams["modules"],
