@@ -58,7 +58,7 @@ def saves_killed_at(folder: Path, point: str) -> int:
     env = {**os.environ, "SPEECH_ADAPTERS_FAULT": point, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-c", SAVES, str(folder)], env=env, cwd=ROOT, capture_output=True,
-        check=False, timeout=1800,
+        check=False, timeout=3600,
     )  # fmt: skip
     return done.returncode
 

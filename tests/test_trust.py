@@ -40,7 +40,7 @@ def lora(asr_base, out: Path, *extra: str) -> list[str]:
 def killed(args: list[str], point: str) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SPEECH_ADAPTERS_FAULT": point}
     return subprocess.run(
-        [sys.executable, *args], check=False, env=env, cwd=ROOT, capture_output=True, timeout=1800
+        [sys.executable, *args], check=False, env=env, cwd=ROOT, capture_output=True, timeout=3600
     ).returncode
 
 
