@@ -321,3 +321,24 @@ def test_full_run_writes_an_inference_folder_with_the_best_weights(tiny_base, lo
     summary = json.loads((out / "summary.json").read_text())
     ours = _scores(enhancer, _test_pairs(data))
     assert np.mean(ours) == pytest.approx(summary["after"]["target"]["SI-SNR"], abs=2e-3)
+
+
+def test_two_process_torchrun(lora_run, tiny_base, tmp_path):
+    """Two gloo processes on the corpus the LoRA run made: one summary, one adapter, one
+    inference folder, written by rank 0."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    _, data = lora_run
+    out = tmp_path / "ddp"
+    run(
+        "--standalone", "--nproc_per_node=2", str(TRAIN), "hparams/lora_enhancement.yaml",
+        *TINY, f"--data_folder={data}", f"--base_checkpoint={tiny_base / 'tiny.safetensors'}",
+        "--rank=2", "--number_of_epochs=1", "--distributed_backend=gloo",
+        f"--output_folder={out}", f"--before_cache={tmp_path / 'before.json'}",
+        launcher=(str(torchrun),),
+    )  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "lora" and "after" in summary
+    assert (out / "adapter.safetensors").is_file() and (
+        out / "inference" / "adapter.ckpt"
+    ).is_file()
+    assert not list(out.rglob("*.tmp"))

@@ -288,3 +288,24 @@ def test_labels_that_do_not_fit_the_recording_are_refused(random_base, tmp_path)
         f"--base_checkpoint={random_base}", f"--output_folder={tmp_path / 'run'}",
     )  # fmt: skip
     assert "after the recording" in output and rows[0]["ID"] in output
+
+
+def test_two_process_torchrun(vad_runs, random_base, tmp_path):
+    """Two gloo processes on the corpus the runs made: one summary, one adapter, one
+    inference folder, written by rank 0."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "ddp"
+    run(
+        "--standalone", "--nproc_per_node=2", str(TRAIN), "hparams/lora_vad.yaml",
+        "--corpus_size=tiny", f"--data_folder={vad_runs['data']}",
+        f"--base_checkpoint={random_base}", "--real_speech=False", "--num_workers=0",
+        "--batch_size=2", "--n_warmup_steps=1", "--number_of_epochs=1", "--rank=2",
+        "--distributed_backend=gloo", f"--output_folder={out}",
+        f"--before_cache={tmp_path / 'before.json'}", launcher=(str(torchrun),),
+    )  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "lora" and set(summary["after"]) == {"target", "source"}
+    assert (out / "adapter.safetensors").is_file() and (
+        out / "inference" / "adapter.ckpt"
+    ).is_file()
+    assert not list(out.rglob("*.tmp"))

@@ -376,3 +376,20 @@ def test_export_of_an_unfinished_run_says_to_finish_it(runs, tmp_path, capsys):
     (unfinished / "save").mkdir(parents=True)
     assert main([str(unfinished), "--to", "speechbrain", str(tmp_path / "out")]) == 2
     assert "has not finished" in capsys.readouterr().err
+
+
+def test_two_process_torchrun(runs, tmp_path):
+    """Two gloo processes: one summary, one adapter, one inference folder, from rank 0."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "ddp"
+    run(
+        "--standalone", "--nproc_per_node=2", str(TRAIN), "hparams/lora_whisper.yaml",
+        *runs["common"], "--rank=4", "--number_of_epochs=1", "--distributed_backend=gloo",
+        f"--output_folder={out}", launcher=(str(torchrun),),
+    )  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "lora" and "after" in summary
+    assert (out / "adapter.safetensors").is_file() and (
+        out / "inference" / "adapter.ckpt"
+    ).is_file()
+    assert not list(out.rglob("*.tmp"))
