@@ -18,7 +18,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapters.base import LINEAR_TYPES
-from adapters.lora import LoRA, compute_dtype, linear_into_fresh, lowrank_grads, needs_grad
+from adapters.lora import (
+    LoRA,
+    cast_shared,
+    compute_dtype,
+    grads_from_kept,
+    keep_for_lowrank,
+    like_param,
+    linear_into_fresh,
+    needs_grad,
+)
 
 
 def _unit_norm(weight: torch.Tensor) -> torch.Tensor:
@@ -32,28 +41,31 @@ class _FusedDoRALinear(torch.autograd.Function):
     The backward (norm constant) takes ``dx`` from the merged weight, ``m``'s gradient
     from the saved pre-scale output, and ``A``, ``B``'s from rank-r products. Under
     autocast, ``W'``, its norm and the scale stay in the parameters' precision and the
-    matmuls run in the autocast dtype, as for ``_FusedLoRALinear``.
+    matmuls run in the autocast dtype, as for ``_FusedLoRALinear``, which it follows in
+    what it keeps for the rank-r gradients too (``x``, or ``A x`` with ``A`` frozen).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, magnitude, scaling):
+    def forward(ctx, x, weight, bias, lora_a, lora_b, magnitude, scaling, saved_dtype=None):
         dtype = compute_dtype(x)
+        ctx.needs = tuple(ctx.needs_input_grad[3:5])
         with torch.autocast(x.device.type, enabled=False):
             merged = torch.addmm(weight, lora_b, lora_a, alpha=scaling)
             norm = _unit_norm(merged)
             scale = magnitude / norm
-            xc = x.to(dtype)
+            xc = cast_shared(x, dtype)
+            kept = keep_for_lowrank(xc, lora_a, ctx.needs, dtype, saved_dtype)
             pre = linear_into_fresh(xc, merged.to(dtype))
             scale_c = scale.to(dtype)
             out = pre * scale_c if bias is None else torch.addcmul(bias.to(dtype), pre, scale_c)
-        ctx.save_for_backward(xc, pre, weight, lora_a, lora_b, norm, scale)
+        ctx.save_for_backward(kept, pre, weight, lora_a, lora_b, norm, scale)
         ctx.scaling, ctx.dtype, ctx.x_dtype = scaling, dtype, x.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, pre, weight, lora_a, lora_b, norm, scale = ctx.saved_tensors
+        kept, pre, weight, lora_a, lora_b, norm, scale = ctx.saved_tensors
         dtype = ctx.dtype
         with torch.autocast(grad.device.type, enabled=False):
             g = grad.reshape(-1, grad.shape[-1]).to(dtype)
@@ -68,13 +80,10 @@ class _FusedDoRALinear(torch.autograd.Function):
             if ctx.needs_input_grad[5]:
                 products = (g * pre.reshape(g.shape)).sum(0, dtype=torch.float32)
                 grad_m = products.div_(norm).to(norm.dtype)
-            x2 = x.reshape(-1, x.shape[-1])
-            grad_a, grad_b = lowrank_grads(
-                g_pre, x2, lora_a.to(dtype), lora_b.to(dtype), ctx.scaling
-            )
+            grad_a, grad_b = grads_from_kept(g_pre, kept, lora_a, lora_b, ctx.scaling, ctx.needs)
         return (
-            grad_x, None, grad_bias, grad_a.to(lora_a.dtype), grad_b.to(lora_b.dtype),
-            grad_m, None,
+            grad_x, None, grad_bias, like_param(grad_a, lora_a), like_param(grad_b, lora_b),
+            grad_m, None, None,
         )  # fmt: skip
 
 
@@ -82,7 +91,7 @@ class DoRA(LoRA):
     """Magnitude and low-rank direction update of a Linear or convolution layer.
 
     Takes the arguments of ``LoRA`` (``rank``, ``alpha``, ``dropout``, ``use_rslora``,
-    ``init``).
+    ``init``, ``freeze_a``, ``saved_input_dtype``).
 
     Example
     -------
@@ -147,7 +156,7 @@ class DoRA(LoRA):
                 return F.linear(x, self.adapted_weight(layer.weight), layer.bias)
             return _FusedDoRALinear.apply(
                 x, layer.weight, layer.bias, self.lora_A, self.lora_B, self.magnitude,
-                self.scaling,
+                self.scaling, self._saved_dtype(),
             )  # fmt: skip
         linear = isinstance(layer, LINEAR_TYPES)
         base = F.linear(x, layer.weight) if linear else layer._conv_forward(x, layer.weight, None)

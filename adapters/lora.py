@@ -13,6 +13,9 @@ Authors
 from __future__ import annotations
 
 import math
+import threading
+import weakref
+from collections.abc import Callable, Hashable
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +25,122 @@ from adapters.base import CONV_TYPES, LINEAR_TYPES, Adapter
 
 _INITS = ("kaiming", "gaussian")
 _CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+#: Dtypes ``saved_input_dtype`` accepts, by their YAML names.
+SAVED_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_LAST = threading.local()
+
+
+def reuse_last(x: torch.Tensor, key: Hashable, fn: Callable[[torch.Tensor], torch.Tensor]):
+    """``fn(x)``, or the tensor the last call with this ``key`` returned if it was for
+    this same, unchanged ``x`` and is still alive.
+
+    q, k and v see one input, one call after the other: each cast (or pooling) of
+    it would be a tensor of its own, saved once per layer. Through this they share
+    one. ``key`` names what ``fn`` computes (with every argument it depends on and
+    whether gradients are recorded); only weak references are held, so nothing is
+    kept alive here.
+
+    Example
+    -------
+    >>> x = torch.randn(4, 3)
+    >>> a = reuse_last(x, ("to", torch.bfloat16), lambda t: t.to(torch.bfloat16))
+    >>> a is reuse_last(x, ("to", torch.bfloat16), lambda t: t.to(torch.bfloat16))
+    True
+    >>> _ = x.mul_(2)  # changed in place: computed again
+    >>> a is reuse_last(x, ("to", torch.bfloat16), lambda t: t.to(torch.bfloat16))
+    False
+    """
+    if torch.is_inference(x):  # no version counter to tell a change
+        return fn(x)
+    key = (key, torch.is_grad_enabled())
+    cache = _LAST.__dict__.setdefault("cache", {})
+    source, version, result = cache.get(key, (None, -1, None))
+    out = None if result is None else result()
+    if out is not None and source() is x and version == x._version:
+        return out
+    out = fn(x)
+    cache[key] = (weakref.ref(x), x._version, weakref.ref(out))
+    return out
+
+
+def cast_shared(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x.to(dtype)``, one copy for the consecutive layers that cast the same input.
+
+    Example
+    -------
+    >>> x = torch.randn(2, 3)
+    >>> cast_shared(x, torch.float32) is x, cast_shared(x, torch.bfloat16).dtype
+    (True, torch.bfloat16)
+    """
+    if x.dtype == dtype:
+        return x
+    return reuse_last(x, ("to", dtype), lambda t: t.to(dtype))
+
+
+def keep_for_lowrank(
+    h: torch.Tensor,
+    lora_a: torch.Tensor,
+    needs: tuple[bool, bool],
+    dtype: torch.dtype,
+    saved_dtype: torch.dtype | None = None,
+) -> torch.Tensor | None:
+    """What the rank-r gradients need of the (mapped) layer input ``h`` ``[..., in]``.
+
+    ``needs``: whether ``A`` and ``B`` take gradients. ``dA = s (g B)^T h`` needs ``h``
+    itself; ``dB = s g^T (h A^T)`` only the ``[tokens, rank]`` projection. So ``h`` is
+    kept when ``A`` trains, ``h A^T`` when only ``B`` does (LoRA-FA), nothing otherwise;
+    ``h`` in ``saved_dtype`` when given (one copy shared by layers that share it).
+    ``dtype`` is the compute dtype.
+
+    Example
+    -------
+    >>> h, a = torch.randn(2, 50, 16), torch.randn(4, 16)
+    >>> keep_for_lowrank(h, a, (True, True), torch.float32) is h
+    True
+    >>> keep_for_lowrank(h, a, (False, True), torch.float32).shape  # tokens x rank
+    torch.Size([100, 4])
+    >>> keep_for_lowrank(h, a, (True, True), torch.float32, torch.bfloat16).dtype
+    torch.bfloat16
+    """
+    need_a, need_b = needs
+    store = saved_dtype or dtype
+    if need_a:
+        return cast_shared(h, store)
+    if need_b:
+        return (h.reshape(-1, h.shape[-1]) @ lora_a.to(dtype).t()).to(store)
+    return None
+
+
+def grads_from_kept(
+    grad: torch.Tensor,
+    kept: torch.Tensor | None,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scaling: float,
+    needs: tuple[bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of ``A`` and ``B`` (``None`` where not needed) from 2-D ``grad``
+    ``[tokens, out]`` and what :func:`keep_for_lowrank` kept, in ``grad``'s dtype.
+
+    Example
+    -------
+    >>> a, b = torch.randn(2, 5), torch.randn(3, 2, requires_grad=True)
+    >>> h, g = torch.randn(7, 5), torch.randn(7, 3)
+    >>> (0.5 * h @ a.t() @ b.t()).backward(g)
+    >>> kept = keep_for_lowrank(h, a, (False, True), torch.float32)
+    >>> grad_a, grad_b = grads_from_kept(g, kept, a, b.detach(), 0.5, (False, True))
+    >>> grad_a is None, torch.allclose(grad_b, b.grad, atol=1e-5)
+    (True, True)
+    """
+    dtype = grad.dtype
+    need_a, need_b = needs
+    if need_a:
+        h = kept.reshape(-1, kept.shape[-1]).to(dtype)
+        grad_a, grad_b = lowrank_grads(grad, h, lora_a.to(dtype), lora_b.to(dtype), scaling)
+        return grad_a, grad_b if need_b else None
+    if need_b:
+        return None, (kept.to(dtype).t() @ grad).t().mul(scaling)
+    return None, None
 
 
 def lowrank_grads(
@@ -81,21 +200,26 @@ class _FusedLoRALinear(torch.autograd.Function):
     ``P`` maps the layer input to ``A``'s (identity for LoRA, pooling for PoolLoRA):
     ``down`` applies it to activations, ``expand`` turns ``A`` into ``A P``. The
     backward takes ``dx`` from the merged weight and ``A``, ``B`` gradients from
-    rank-r products (no full weight gradient); only ``down(x)`` is saved.
+    rank-r products (no full weight gradient). Saved for them: ``down(x)`` when ``A``
+    trains, only ``A down(x)`` (``[tokens, rank]``) when ``A`` is frozen (LoRA-FA), in
+    ``saved_dtype`` when given (:func:`keep_for_lowrank`).
 
     Under autocast it follows the autocast dtype as ``torch.amp.custom_fwd`` would:
     the merged weight is formed in the parameters' precision, the matmuls run in
     the autocast dtype, and the gradients return in each input's own dtype (float32
-    adapters keep float32 gradients and optimizer state).
+    adapters keep float32 gradients and optimizer state). Layers that share an input
+    (q, k, v) share its cast too (:func:`cast_shared`).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, down, expand):
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, down, expand, saved_dtype=None):
         dtype = compute_dtype(x)
+        ctx.needs = tuple(ctx.needs_input_grad[3:5])
         with torch.autocast(x.device.type, enabled=False):
             merged = torch.addmm(weight, lora_b, expand(lora_a), alpha=scaling).to(dtype)
-            xc = x.to(dtype)
-            ctx.save_for_backward(down(xc), weight, lora_a, lora_b)
+            xc = cast_shared(x, dtype)
+            kept = keep_for_lowrank(down(xc), lora_a, ctx.needs, dtype, saved_dtype)
+            ctx.save_for_backward(kept, weight, lora_a, lora_b)
             out = linear_into_fresh(xc, merged, None if bias is None else bias.to(dtype))
         ctx.scaling, ctx.expand, ctx.dtype, ctx.x_dtype = scaling, expand, dtype, x.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -103,22 +227,32 @@ class _FusedLoRALinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        h, weight, lora_a, lora_b = ctx.saved_tensors
+        kept, weight, lora_a, lora_b = ctx.saved_tensors
         s, dtype = ctx.scaling, ctx.dtype
         with torch.autocast(grad.device.type, enabled=False):
             g = grad.reshape(-1, grad.shape[-1]).to(dtype)
-            h2 = h.reshape(-1, h.shape[-1])
             grad_x = grad_bias = None
             if ctx.needs_input_grad[0]:
                 merged = torch.addmm(weight, lora_b, ctx.expand(lora_a), alpha=s).to(dtype)
                 grad_x = (g @ merged).view(*grad.shape[:-1], weight.shape[1]).to(ctx.x_dtype)
             if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
                 grad_bias = g.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
-            grad_a, grad_b = lowrank_grads(g, h2, lora_a.to(dtype), lora_b.to(dtype), s)
+            grad_a, grad_b = grads_from_kept(g, kept, lora_a, lora_b, s, ctx.needs)
         return (
-            grad_x, None, grad_bias, grad_a.to(lora_a.dtype), grad_b.to(lora_b.dtype),
-            None, None, None,
+            grad_x, None, grad_bias, like_param(grad_a, lora_a), like_param(grad_b, lora_b),
+            None, None, None, None,
         )  # fmt: skip
+
+
+def like_param(grad: torch.Tensor | None, param: torch.Tensor) -> torch.Tensor | None:
+    """``grad`` in ``param``'s dtype (``None`` stays ``None``).
+
+    Example
+    -------
+    >>> like_param(torch.ones(2, dtype=torch.bfloat16), torch.zeros(2)).dtype, like_param(None, 0)
+    (torch.float32, None)
+    """
+    return None if grad is None else grad.to(param.dtype)
 
 
 def few_tokens(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -169,6 +303,14 @@ class LoRA(Adapter):
         Scale by ``alpha / sqrt(rank)`` instead of ``alpha / rank``.
     init : str
         ``A``'s initialisation: ``"kaiming"`` (uniform) or ``"gaussian"`` (std ``1 / rank``).
+    freeze_a : bool
+        LoRA-FA (Zhang et al. 2023, https://arxiv.org/abs/2308.03303): ``A`` stays at its
+        random initialisation (not trained, still saved with the adapter), so backward
+        keeps only the ``[tokens, rank]`` projection ``A x`` instead of the input ``x``.
+    saved_input_dtype : str, optional
+        ``"bfloat16"`` (or ``"float16"``, ``"float32"``): the dtype in which the fused
+        path keeps what the rank-r gradients need (``x``, or ``A x`` with ``freeze_a``);
+        ``None`` keeps the compute dtype. Forward and the input gradient are unchanged.
 
     Example
     -------
@@ -184,6 +326,8 @@ class LoRA(Adapter):
     >>> depthwise = LoRA(torch.nn.Conv1d(8, 8, kernel_size=3, groups=8), rank=1)
     >>> depthwise.delta_weight().shape == depthwise.base_layer.weight.shape
     True
+    >>> LoRA(base, rank=4, freeze_a=True).lora_A.requires_grad  # LoRA-FA
+    False
     """
 
     mergeable = True
@@ -196,6 +340,8 @@ class LoRA(Adapter):
         dropout: float = 0.0,
         use_rslora: bool = False,
         init: str = "kaiming",
+        freeze_a: bool = False,
+        saved_input_dtype: str | None = None,
     ) -> None:
         super().__init__(target_module)
         name = type(self).__name__
@@ -208,6 +354,11 @@ class LoRA(Adapter):
             )
         if init not in _INITS:
             raise ValueError(f"Unknown {name} init {init!r}; use one of {_INITS}.")
+        if saved_input_dtype is not None and saved_input_dtype not in SAVED_DTYPES:
+            raise ValueError(
+                f"Unknown {name} saved_input_dtype {saved_input_dtype!r}; use one of "
+                f"{sorted(SAVED_DTYPES)} or None (the compute dtype)."
+            )
         weight = target_module.weight
         self.groups = getattr(target_module, "groups", 1)
         kernel = tuple(weight.shape[2:])  # () for Linear
@@ -223,6 +374,7 @@ class LoRA(Adapter):
         self.alpha = float(rank if alpha is None else alpha)
         self.scaling = self.alpha / (math.sqrt(rank) if use_rslora else rank)
         self.use_rslora = use_rslora
+        self.freeze_a, self.saved_input_dtype = bool(freeze_a), saved_input_dtype
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         factory = {"device": weight.device, "dtype": weight.dtype}
         a_shape = (self.groups * rank, down_features, *kernel)
@@ -234,6 +386,7 @@ class LoRA(Adapter):
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         else:
             nn.init.normal_(self.lora_A, std=1.0 / rank)
+        self.lora_A.requires_grad_(not self.freeze_a)
 
     # Hooks for variants that map the input before A: its size, the map, A composed with it.
     def _down_features(self, in_features: int) -> int:
@@ -329,8 +482,12 @@ class LoRA(Adapter):
             return layer(x) + self.lowrank_branch(x)
         return _FusedLoRALinear.apply(
             x, layer.weight, layer.bias, self.lora_A, self.lora_B, self.scaling,
-            self._down_input, self._expand_A,
+            self._down_input, self._expand_A, self._saved_dtype(),
         )  # fmt: skip
+
+    def _saved_dtype(self) -> torch.dtype | None:
+        """``saved_input_dtype`` as a torch dtype (``None``: the compute dtype)."""
+        return SAVED_DTYPES.get(self.saved_input_dtype)
 
     def fusable(self) -> bool:
         """Whether forward may multiply by the merged weight: frozen Linear base, no dropout."""
@@ -344,4 +501,6 @@ class LoRA(Adapter):
     def extra_repr(self) -> str:
         text = f"rank={self.rank}, alpha={self.alpha:g}, scaling={self.scaling:g}"
         text += f", groups={self.groups}" if self.groups > 1 else ""
+        text += ", freeze_a=True" if self.freeze_a else ""
+        text += f", saved_input_dtype={self.saved_input_dtype}" if self.saved_input_dtype else ""
         return f"{text}, merged=True" if self.merged else text

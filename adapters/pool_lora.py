@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from adapters.base import LINEAR_TYPES
-from adapters.lora import LoRA
+from adapters.lora import LoRA, reuse_last
 
 
 def pool_features(x: torch.Tensor, stride: int, dim: int) -> torch.Tensor:
@@ -57,7 +57,8 @@ class PoolLoRA(LoRA):
     stride : int
         Pooling factor of the input features.
     **lora_kwargs
-        ``rank``, ``alpha``, ``dropout``, ``use_rslora``, ``init``, as for ``LoRA``.
+        ``rank``, ``alpha``, ``dropout``, ``use_rslora``, ``init``, ``freeze_a``,
+        ``saved_input_dtype``, as for ``LoRA``.
 
     Example
     -------
@@ -91,8 +92,11 @@ class PoolLoRA(LoRA):
         return math.ceil(in_features / self.stride)
 
     def _down_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features; layers that pool one input alike (q, k, v) share one copy."""
         dim = -1 if isinstance(self.base_layer, LINEAR_TYPES) else 1
-        return pool_features(x, self.stride, dim)
+        return reuse_last(
+            x, ("pool", self.stride, dim), lambda t: pool_features(t, self.stride, dim)
+        )
 
     def _expand_A(self, lora_a: torch.Tensor) -> torch.Tensor:
         shape = (1, -1) + (1,) * (lora_a.dim() - 2)

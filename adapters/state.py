@@ -38,8 +38,10 @@ FORMAT = "speech-adapters/2"
 _FIRST_FORMAT = "speech-adapters/1"
 _META_KEY = "speech_adapters"
 #: Constructor arguments that shape training only: an adapter trained with other values
-#: is applied the same way, so a file is not refused for them.
-TRAINING_ONLY = frozenset({"init", "dropout"})
+#: is applied the same way, so a file is not refused for them. ``freeze_a`` (LoRA-FA) and
+#: ``saved_input_dtype`` change what backward keeps and what trains, never the forward:
+#: the file holds ``A`` and ``B`` either way, applied as ``W + s B A``.
+TRAINING_ONLY = frozenset({"init", "dropout", "freeze_a", "saved_input_dtype"})
 
 
 def base_fingerprint(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
