@@ -181,11 +181,12 @@ def prepare_corpus_on_main(hparams: dict[str, Any]) -> None:
 
 
 def load_pretrained_base(hparams: dict[str, Any], how_to_make_it: str) -> None:
-    """Load ``base_checkpoint`` through the YAML's ``pretrainer``, then insert the adapters.
+    """Load ``base_checkpoint`` through the YAML's ``pretrainer`` (the recipe then inserts
+    its adapters: ``hparams["adapted_model"].insert_adapters()``).
 
     Files are collected afresh (a link left by an earlier run may point to another
     base); a missing checkpoint stops the run with ``how_to_make_it``. Without a
-    ``pretrainer`` (training from scratch) only the adapters, if any, are inserted.
+    ``pretrainer`` (training from scratch) nothing is loaded.
     """
     if "pretrainer" in hparams:
         base = hparams["base_checkpoint"]
@@ -195,8 +196,6 @@ def load_pretrained_base(hparams: dict[str, Any], how_to_make_it: str) -> None:
         run_on_main(shutil.rmtree, args=[pretrainer.collect_in], kwargs={"ignore_errors": True})
         run_on_main(pretrainer.collect_files)
         pretrainer.load_collected()
-    if "adapted_model" in hparams:
-        hparams["adapted_model"].insert_adapters()
 
 
 class AdaptationBrain(sb.Brain):
@@ -213,6 +212,29 @@ class AdaptationBrain(sb.Brain):
     gradients, zero learning rate) stops it too; weights that are not finite are
     never checkpointed.
     """
+
+    def _wrap_distributed(self) -> None:
+        """DDP as SpeechBrain wraps it, except that on CPU BatchNorm stays per process:
+        SpeechBrain converts it to ``SyncBatchNorm``, which runs on GPUs only (a CPU run
+        under torchrun would stop at its first training batch)."""
+        on_cpu = torch.device(self.device).type == "cpu"
+        if not (self.distributed_launch and on_cpu):
+            return super()._wrap_distributed()
+        from torch.nn.parallel import DistributedDataParallel
+
+        for name, module in self.modules.items():
+            if not any(p.requires_grad for p in module.parameters()):
+                continue
+            if has_batch_norm(module):
+                logger.warning(
+                    "%s has BatchNorm layers: on CPU their statistics are kept per process "
+                    "(SyncBatchNorm needs GPUs), so each process normalises with its own share "
+                    "of the batch.",
+                    name,
+                )
+            self.modules[name] = DistributedDataParallel(
+                module, device_ids=None, find_unused_parameters=self.find_unused_parameters
+            )
 
     def init_optimizers(self) -> None:
         """Optimise only trainable parameters (the adapters, for adapted models)."""
@@ -413,6 +435,17 @@ class AdaptationBrain(sb.Brain):
             }
             results[name]["n"] = len(dataset)
         return results
+
+
+def has_batch_norm(module: torch.nn.Module) -> bool:
+    """Whether ``module`` holds a BatchNorm layer.
+
+    Example
+    -------
+    >>> has_batch_norm(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)))
+    True
+    """
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
 def check_finite(model: torch.nn.Module, when: str) -> None:

@@ -166,6 +166,8 @@ def main():
         "Pretrain it first with `python recipes/asr/train.py hparams/pretrain_asr.yaml`, or set "
         "base_checkpoint.",
     )
+    if "adapted_model" in hparams:  # full fine-tuning and pretraining have none
+        hparams["adapted_model"].insert_adapters()
 
     asr = ASR(
         modules=hparams["modules"],

@@ -257,6 +257,8 @@ def main():
         "Convert NSNet2 first with `python -m recipes.enhancement.pretrained --output "
         "pretrained/nsnet2`, or set base_checkpoint.",
     )
+    if "adapted_model" in hparams:  # full fine-tuning and pretraining have none
+        hparams["adapted_model"].insert_adapters()
 
     brain = Enhancement(
         modules=hparams["modules"],

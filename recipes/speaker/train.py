@@ -371,6 +371,8 @@ def main():
         "Convert Resemblyzer's weights first with `python -m recipes.speaker.pretrained "
         "--output pretrained/resemblyzer`, or set base_checkpoint.",
     )
+    if "adapted_model" in hparams:  # full fine-tuning and pretraining have none
+        hparams["adapted_model"].insert_adapters()
 
     labels = [train_set.data[uid]["spk_id"] for uid in train_set.data_ids]
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()

@@ -248,6 +248,8 @@ def main():
         "Convert Silero VAD first with `python -m recipes.vad.pretrained --output "
         "pretrained/silero_vad`, or set base_checkpoint.",
     )
+    if "adapted_model" in hparams:  # full fine-tuning and pretraining have none
+        hparams["adapted_model"].insert_adapters()
     brain = VoiceActivity(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],
