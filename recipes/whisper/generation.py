@@ -79,6 +79,11 @@ def whisper_generation_config(
     end of text as first token, and search greedily: without ``num_beams=1``
     the pipeline of transformers 5 would run a beam search of 5.
 
+    ``return_timestamps`` is left unset: a clip of up to 30 s is decoded without
+    timestamps, as the recipe does, and a longer one with transformers' long-form
+    decoding, which predicts timestamps to move from window to window (set to
+    False, it refuses such clips: "more than 3000 mel input features").
+
     Arguments
     ---------
     tokenizer : transformers tokenizer
@@ -125,7 +130,6 @@ def whisper_generation_config(
         "no_timestamps_token_id": ids("<|notimestamps|>"),
         "prev_sot_token_id": ids("<|startofprev|>"),
         "max_initial_timestamp_index": 50,
-        "return_timestamps": False,
         "is_multilingual": multilingual,
         "suppress_tokens": greedy_suppress_tokens(tokenizer),
         "begin_suppress_tokens": tokenizer.encode(" ", add_special_tokens=False) + [eos],

@@ -37,8 +37,13 @@ class WindowedWhisper(Whisper):
         Seconds of audio the encoder sees in training mode (at most 30).
     eval_window_s : float
         Seconds of audio the encoder sees in eval mode (at most 30).
+    language : str or None
+        The language of the transcripts, ``"en"``: a multilingual model (Whisper
+        base) is prompted with ``<|en|><|transcribe|>`` and SpeechBrain's
+        ``WhisperASR`` does not detect the language; English-only models (``.en``)
+        take no language token and ignore it. None: detected by ``WhisperASR``.
     **kwargs
-        Passed to SpeechBrain's ``Whisper`` (``freeze``, ``language``...).
+        Passed to SpeechBrain's ``Whisper`` (``freeze``, ``task``...).
 
     Example
     -------
@@ -63,9 +68,10 @@ class WindowedWhisper(Whisper):
         save_path: str,
         train_window_s: float = FULL_WINDOW_S,
         eval_window_s: float = FULL_WINDOW_S,
+        language: str | None = "en",
         **kwargs,
     ) -> None:
-        super().__init__(source, save_path, **kwargs)
+        super().__init__(source, save_path, language=language, **kwargs)
         self.source = str(source)
         self.full_frames = self.model.config.max_source_positions
         self.full_window_s = self._n_samples / self.sampling_rate
