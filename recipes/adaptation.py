@@ -1,12 +1,15 @@
 """What every recipe of the collection shares: the Brain's bookkeeping and the run.
 
 A recipe starts with :func:`setup_experiment` (arguments, DDP, HyperPyYAML,
-experiment folder) and :func:`prepare_corpus_on_main`, subclasses
-:class:`AdaptationBrain` with its own ``compute_forward`` and
-``compute_objectives`` (which append to ``self.wer_metric`` and
-``self.cer_metric`` outside training), builds its datasets, then calls
-:func:`run_adaptation`, which evaluates before training (adaptation runs),
-trains, evaluates after, saves the adapter and writes ``summary.json``.
+experiment folder) and :func:`prepare_corpus_on_main`, loads its pretrained weights
+(:func:`load_pretrained_base`), inserts its adapters, subclasses
+:class:`AdaptationBrain` with its own ``compute_forward`` and ``compute_objectives``
+and the task's metrics (``metric_names``, ``selection_metric``, ``lower_is_better``,
+``start_metrics``, ``summarize_metrics``, ``details_text``), builds its datasets,
+then calls :func:`run_adaptation`, which evaluates before training (adaptation runs),
+trains, evaluates after, saves the adapter, writes the inference folder and
+``summary.json``. Per-item details of each evaluation go to
+``<output_folder>/details/<set>_<before|after>.txt``, never overwritten by the other.
 
 Authors
  * speech-adapters contributors 2026
@@ -25,6 +28,7 @@ import time
 from collections.abc import Callable
 from datetime import date
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import speechbrain as sb
@@ -318,9 +322,10 @@ class AdaptationBrain(sb.Brain):
 
     #: Figures of an evaluation stage (``summarize_metrics``), the one that selects the best
     #: checkpoint (and whether lower is better), and the decimals they are reported with.
-    metric_names: tuple[str, ...] = ("WER", "CER")
-    selection_metric: str = "WER"
-    lower_is_better: bool = True
+    #: Every task declares its own.
+    metric_names: tuple[str, ...]
+    selection_metric: str
+    lower_is_better: bool
     metric_decimals: int = 2
     #: Decimals of the selection metric in the printed table (``recipes/report.py``).
     table_decimals: int = 1
@@ -362,22 +367,20 @@ class AdaptationBrain(sb.Brain):
             self.start_metrics(stage)
 
     def start_metrics(self, stage) -> None:
-        """Fresh word and character error-rate trackers (recipes with other metrics override)."""
-        self.wer_metric = self.hparams.error_rate_computer()
-        self.cer_metric = self.hparams.error_rate_computer()
+        """Fresh trackers of the task's metrics, at the start of an evaluation stage."""
+        raise NotImplementedError(f"{type(self).__name__} must define start_metrics()")
 
     def summarize_metrics(self, stage) -> dict[str, float]:
         """The ``metric_names`` figures of the evaluation stage that ends."""
-        return {
-            "WER": self.wer_metric.summarize("error_rate"),
-            "CER": self.cer_metric.summarize("error_rate"),
-        }
+        raise NotImplementedError(f"{type(self).__name__} must define summarize_metrics()")
 
-    def write_test_details(self, name: str) -> None:
-        """Per-utterance details of test set ``name`` in the output folder (main process)."""
-        path = os.path.join(self.hparams.output_folder, f"wer_{name}.txt")
-        with open(path, "w") as handle:
-            self.wer_metric.write_stats(handle)
+    def details_text(self) -> str:
+        """Per-item details of the evaluation that ended (alignments, scores...), as text."""
+        raise NotImplementedError(f"{type(self).__name__} must define details_text()")
+
+    def write_details(self, folder: Path, stem: str) -> Path:
+        """Write :meth:`details_text` to ``folder/<stem>.txt`` (a task may write more)."""
+        return write_text(folder / f"{stem}.txt", self.details_text())
 
     def on_stage_end(self, stage, stage_loss, epoch=None) -> None:
         """Log, keep the best checkpoint by the validation metric, record test figures."""
@@ -410,19 +413,16 @@ class AdaptationBrain(sb.Brain):
                 stats_meta={"test set": self.test_name}, test_stats=stats
             )
             if if_main_process():
-                self.write_test_details(self.test_name)
+                folder = Path(self.hparams.output_folder) / "details"
+                folder.mkdir(exist_ok=True)
+                self.write_details(folder, f"{self.test_name}_{self.phase}")
 
-    def append_error_rates(self, ids: list, hyps: list[list[str]], refs: list[list[str]]) -> None:
-        """Record word and character errors of a batch of word-split hypotheses."""
-        self.wer_metric.append(ids, hyps, refs)
-        self.cer_metric.append(
-            ids, [list(" ".join(h)) for h in hyps], [list(" ".join(r)) for r in refs]
-        )
-
-    def evaluate_sets(self, test_sets: dict, best: bool = False) -> dict:
+    def evaluate_sets(self, test_sets: dict, best: bool = False, phase: str = "after") -> dict:
         """Evaluate on each named test set (with the best checkpoint if ``best``); return
-        ``{name: {<metric_names>..., "n"}}``."""
+        ``{name: {<metric_names>..., "n"}}``. ``phase`` (``before``, ``after``) names the
+        details files: ``details/<set>_<phase>.txt``."""
         results = {}
+        self.phase = phase
         for name, dataset in test_sets.items():
             self.test_name = name
             self.evaluate(
@@ -534,7 +534,7 @@ def _evaluate_before(
         logger.info(
             "Figures before training: %s was computed from other inputs; recomputing", shared
         )
-    results = brain.evaluate_sets(test_sets)
+    results = brain.evaluate_sets(test_sets, phase="before")
     if if_main_process():
         write_json(local, results)
         if shared:
@@ -627,7 +627,7 @@ def run_adaptation(
         summary["data"] = data_report
     if evaluate_only:
         summary["evaluate_only"] = True
-        summary["after"] = brain.evaluate_sets(test_sets)
+        summary["after"] = brain.evaluate_sets(test_sets, phase="evaluated")
         if if_main_process():
             write_json(os.path.join(folder, "summary.json"), summary)
         return summary

@@ -65,9 +65,12 @@ def test_lora_summary_has_before_and_after_on_target_and_source(runs):
     assert summary["after"]["target"]["n"] == 6 and summary["after"]["source"]["n"] == 8
     assert summary["train_time_s"] > 0
     # per-utterance reports of both test sets, with their own utterances
-    target = (runs["tmp"] / "lora" / "wer_target.txt").read_text()
-    source = (runs["tmp"] / "lora" / "wer_source.txt").read_text()
+    target = (runs["tmp"] / "lora" / "details" / "target_after.txt").read_text()
+    source = (runs["tmp"] / "lora" / "details" / "source_after.txt").read_text()
     assert "noisy-test-" in target and "source-test-" in source
+    # before and after kept apart: the evaluation before training has its own file
+    before = (runs["tmp"] / "lora" / "details" / "target_before.txt").read_text()
+    assert "noisy-test-" in before and before != target
 
 
 def test_lora_checkpoint_holds_only_what_was_trained(runs):
@@ -185,8 +188,8 @@ def test_bring_your_own_manifests(runs, tmp_path):
     )  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["after"]) == {"target", "source"}
-    assert "voices-test-" in (out / "wer_target.txt").read_text()
-    assert "voices-valid-" in (out / "wer_source.txt").read_text()
+    assert "voices-test-" in (out / "details" / "target_after.txt").read_text()
+    assert "voices-valid-" in (out / "details" / "source_after.txt").read_text()
 
 
 def test_only_adapter_parameters_changed(runs):

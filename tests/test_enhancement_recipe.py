@@ -152,7 +152,7 @@ def test_lora_run_pairs_references_trains_and_reports_si_snr(lora_run):
     assert summary["trainable_params"] == 2 * lora
     assert len(epoch_losses(out / "train_log.txt")) == 3
     assert after["SI-SNRi"] > before["SI-SNRi"] + 0.3  # it learnt (the crops differ each epoch)
-    scores = (out / "si_snr_target_after.txt").read_text().splitlines()
+    scores = (out / "details" / "target_after.txt").read_text().splitlines()
     assert len(scores) == 6
     mean_gain = np.mean([float(line.split()[1]) for line in scores])
     assert mean_gain == pytest.approx(after["SI-SNRi"], abs=0.01)
@@ -160,7 +160,7 @@ def test_lora_run_pairs_references_trains_and_reports_si_snr(lora_run):
     assert all(0 < x <= 1 for x in stoi) and np.mean(stoi) == pytest.approx(after["STOI"], abs=1e-3)
     for tag in ("before", "after"):
         for uid in ("noisy-test-00000", "noisy-test-00001"):
-            assert (out / "spectrograms" / f"{uid}_target_{tag}.png").stat().st_size > 1000
+            assert (out / "details" / "spectrograms" / f"{uid}_target_{tag}.png").stat().st_size > 1000
 
 
 def _test_pairs(data: Path) -> list[tuple[str, str]]:
@@ -186,7 +186,7 @@ def test_the_inference_folder_enhances_from_anywhere_as_the_recipe_scored(
     tiny_base, lora_run, tmp_path, monkeypatch
 ):
     """``SpeechEnhancer.from_hparams`` from another directory gives, file by file, the SI-SNR
-    the recipe reported for its test set after training (``si_snr_target_after.txt``)."""
+    the recipe reported for its test set after training (``details/target_after.txt``)."""
     from recipes.enhancement.interface import SpeechEnhancer
 
     out, data = lora_run
@@ -194,7 +194,7 @@ def test_the_inference_folder_enhances_from_anywhere_as_the_recipe_scored(
     enhancer = SpeechEnhancer.from_hparams(source=str(out / "inference"))
     assert {p.name for p in (out / "inference").iterdir()} >= {"hyperparams.yaml", "adapter.ckpt"}
     ours = sorted(_scores(enhancer, _test_pairs(data)))
-    lines = (out / "si_snr_target_after.txt").read_text().splitlines()
+    lines = (out / "details" / "target_after.txt").read_text().splitlines()
     reported = sorted(float(line.split()[0]) for line in lines)
     assert len(ours) == len(reported) == 6
     assert np.allclose(ours, reported, atol=2e-3), (ours, reported)

@@ -218,7 +218,7 @@ def test_lora_run_scores_trials_before_and_after_and_saves_an_adapter(speaker_da
     assert summary["adapter_file_bytes"] < 0.5 * base_bytes
     # every trial scored, one line each, label first
     trials = read_trials(out / "trials" / "target.txt")
-    scores = (out / "scores_target.txt").read_text().splitlines()
+    scores = (out / "details" / "target_after.txt").read_text().splitlines()
     assert [line.split()[:3] for line in scores] == [[str(k), e, t] for k, e, t in trials]
     assert summary["data"]["target_target_trials"] == sum(k for k, _, _ in trials) > 0
     losses = epoch_losses(out / "train_log.txt")

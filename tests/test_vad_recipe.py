@@ -184,7 +184,7 @@ def test_lora_and_full_runs_train_and_report_f1_and_auc(vad_runs):
         summary["trainable_params"]
         == 2 * (387 + 128 + 384 + 64 + 192 + 64 + 192 + 128) + 2 * 2 * (512 + 128) + 129
     )
-    details = (lora / "vad_target_after.txt").read_text().splitlines()
+    details = (lora / "details" / "target_after.txt").read_text().splitlines()
     assert details[0].split() == ["ID", "chunks", "speech_chunks", "detected", "F1"]
     assert len(details) == 1 + summary["after"]["target"]["n"]
     assert (lora / "adapter.safetensors").stat().st_size == summary["adapter_file_bytes"]
@@ -198,7 +198,7 @@ def test_lora_and_full_runs_train_and_report_f1_and_auc(vad_runs):
 
 def _detail_f1(run_folder: Path, name: str) -> dict[str, tuple[int, float]]:
     """Per recording of a test set: its detected chunks and F1, as the run wrote them."""
-    lines = (run_folder / f"vad_{name}_after.txt").read_text().splitlines()[1:]
+    lines = (run_folder / "details" / f"{name}_after.txt").read_text().splitlines()[1:]
     return {f[0]: (int(f[3]), float(f[4])) for f in (line.split() for line in lines)}
 
 

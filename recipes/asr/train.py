@@ -29,7 +29,6 @@ import speechbrain as sb
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repository root
 
 from recipes.adaptation import (
-    AdaptationBrain,
     load_pretrained_base,
     prepare_corpus_on_main,
     run_adaptation,
@@ -39,6 +38,7 @@ from recipes.asr.model import ctc_text_encoder
 from recipes.audio import load_audio
 from recipes.common import load_manifest
 from recipes.inference import ctc_inference_folder, trained_files
+from recipes.speech_recognition import SpeechRecognitionBrain
 from recipes.text_normalization import inventory_text
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ ARCHITECTURE = (
 )  # fmt: skip
 
 
-class ASR(AdaptationBrain):
+class ASR(SpeechRecognitionBrain):
     """CTC training and evaluation with WER and CER."""
 
     #: Beyond the base weights and the data, the figures depend on the model's shape and

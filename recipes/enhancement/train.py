@@ -112,19 +112,19 @@ class Enhancement(AdaptationBrain):
             "STOI": sum(self.stoi) / len(self.stoi),
         }
 
-    def write_test_details(self, name: str) -> None:
-        """``si_snr_<set>_<before|after>.txt`` (SI-SNR, SI-SNRi, STOI per utterance), and
-        spectrograms of the chosen examples."""
-        folder = self.hparams.output_folder
-        tag = "after" if self.hparams.epoch_counter.current > 0 else "before"
-        path = os.path.join(folder, f"si_snr_{name}_{tag}.txt")
-        with open(path, "w") as handle:
-            handle.writelines(
-                f"{snr:.3f} {gain:.3f} {stoi:.4f}\n"
-                for snr, gain, stoi in zip(self.si_snr, self.si_snri, self.stoi)
-            )
+    def details_text(self) -> str:
+        """SI-SNR, SI-SNRi and STOI of each utterance, one a line."""
+        return "".join(
+            f"{snr:.3f} {gain:.3f} {stoi:.4f}\n"
+            for snr, gain, stoi in zip(self.si_snr, self.si_snri, self.stoi)
+        )
+
+    def write_details(self, folder: Path, stem: str) -> Path:
+        """The details, and spectrograms of the chosen examples (``folder/spectrograms``)."""
+        path = super().write_details(folder, stem)
         if self.examples:
-            plot_examples(self.examples, Path(folder) / "spectrograms", f"{name}_{tag}")
+            plot_examples(self.examples, folder / "spectrograms", stem)
+        return path
 
 
 def _stoi(clean, enhanced, lengths, sample_rate: int) -> list[float]:

@@ -167,6 +167,7 @@ class SpeakerVerification(AdaptationBrain):
 
     metric_names = ("EER", "minDCF")
     selection_metric = "EER"
+    lower_is_better = True
     metric_decimals = 3
     #: Beyond the base weights, the data (speaker IDs included) and the trial lists
     #: (:meth:`evaluation_inputs`), the figures depend on the features, the encoder's shape
@@ -231,15 +232,14 @@ class SpeakerVerification(AdaptationBrain):
         eer, cost = eer_and_min_dcf(positive, negative, p_target=self.hparams.p_target)
         return {"EER": eer, "minDCF": cost}
 
-    def write_test_details(self, name: str) -> None:
-        """``scores_<set>.txt``: every trial with its label and cosine score."""
-        path = os.path.join(self.hparams.output_folder, f"scores_{name}.txt")
+    def details_text(self) -> str:
+        """Every trial of the set with its label and cosine score, one a line."""
+        name = self.test_name
         scores = self.scores.tolist()  # of this set, from summarize_metrics
-        with open(path, "w") as handle:
-            handle.writelines(
-                f"{label} {enrol} {test} {score:.6f}\n"
-                for (label, enrol, test), score in zip(self.trials[name], scores)
-            )
+        return "".join(
+            f"{label} {enrol} {test} {score:.6f}\n"
+            for (label, enrol, test), score in zip(self.trials[name], scores)
+        )
 
 
 def trial_lists(hparams) -> dict[str, str]:

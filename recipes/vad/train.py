@@ -93,18 +93,16 @@ class VoiceActivity(AdaptationBrain):
         figures = f1_score(scores >= self.hparams.threshold, labels)
         return {**figures, "AUC": roc_auc(scores, labels)}
 
-    def write_test_details(self, name: str) -> None:
-        """``vad_<set>_<before|after>.txt``: per recording, chunks, speech chunks, F1."""
-        tag = "after" if self.hparams.epoch_counter.current > 0 else "before"
-        path = os.path.join(self.hparams.output_folder, f"vad_{name}_{tag}.txt")
-        with open(path, "w") as handle:
-            handle.write("ID chunks speech_chunks detected F1\n")
-            for uid, (scores, labels) in sorted(self.scores.items()):
-                decisions = scores >= self.hparams.threshold
-                f1 = f1_score(decisions, labels)["F1"]
-                handle.write(
-                    f"{uid} {len(labels)} {int(labels.sum())} {int(decisions.sum())} {f1:.3f}\n"
-                )
+    def details_text(self) -> str:
+        """Per recording: chunks, speech chunks, chunks detected, F1."""
+        lines = ["ID chunks speech_chunks detected F1\n"]
+        for uid, (scores, labels) in sorted(self.scores.items()):
+            decisions = scores >= self.hparams.threshold
+            f1 = f1_score(decisions, labels)["F1"]
+            lines.append(
+                f"{uid} {len(labels)} {int(labels.sum())} {int(decisions.sum())} {f1:.3f}\n"
+            )
+        return "".join(lines)
 
 
 def prepare_data(hparams) -> dict[str, str]:

@@ -33,7 +33,6 @@ from speechbrain.utils.distributed import run_on_main
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repository root
 
 from recipes.adaptation import (
-    AdaptationBrain,
     prepare_corpus_on_main,
     run_adaptation,
     setup_experiment,
@@ -41,12 +40,13 @@ from recipes.adaptation import (
 from recipes.audio import load_audio
 from recipes.common import load_manifest
 from recipes.inference import trained_files, whisper_inference_folder
+from recipes.speech_recognition import SpeechRecognitionBrain
 from recipes.text_normalization import normalized_words
 
 logger = logging.getLogger(__name__)
 
 
-class WhisperASR(AdaptationBrain):
+class WhisperASR(SpeechRecognitionBrain):
     """Teacher-forced training and searched decoding of a Whisper model."""
 
     #: Beyond the base weights and the data, the figures depend on the audio the encoder
