@@ -228,3 +228,21 @@ def test_a_mistyped_local_folder_is_not_sent_to_the_hub(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="pretrained/whisper-tiny.ne does not exist"):
         resolve_source("pretrained/whisper-tiny.ne", "unused")
     assert resolve_source("openai/whisper-small.en", "unused") == "openai/whisper-small.en"
+
+
+def test_the_pipeline_decodes_a_clip_longer_than_30_s(packaged):
+    """Long-form decoding (timestamps between windows) is left to transformers: a clip over
+    30 s is transcribed, not refused ("more than 3000 mel input features")."""
+    from transformers import pipeline
+
+    from recipes.corpus.tts import ESpeak
+
+    first, last = "please leave a message after the tone", "we walked along the river"
+    clips = [
+        np.asarray(ESpeak().synthesize(t, voice="en-us", rate=150), np.float32)
+        for t in (first, last)
+    ]
+    audio = np.concatenate([clips[0], np.zeros(27 * 16000, np.float32), clips[1]])
+    assert len(audio) > 30 * 16000
+    text = pipeline("automatic-speech-recognition", model=str(packaged["folder"]))(audio)["text"]
+    assert "<|" not in text and "message" in text.lower() and "river" in text.lower(), text
