@@ -115,6 +115,15 @@ class AdapterBank(nn.Module):
             )
         return self._bank[name]
 
+    def can_mix(self) -> str | None:
+        """None if one batch may mix adapter sets (:meth:`mixed_adapters`), else why not
+        (adapters on raw weights change one weight for the whole batch)."""
+        try:
+            self._mixing_units()
+        except ValueError as err:
+            return str(err)
+        return None
+
     def _mixing_units(self) -> dict[str, nn.Module]:
         """The modules whose tensors differ between adapter sets, by path."""
         raw = [p for p in self._adapter_paths().values() if ".param_adapters." in f".{p}"]

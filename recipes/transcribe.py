@@ -365,10 +365,9 @@ def _can_mix(adapted) -> bool:
     """Whether one batch may mix adapters (not with adapters on raw weights)."""
     if adapted is None:
         return False
-    try:
-        adapted._mixing_units()
-    except ValueError as err:
-        logger.warning("%s Files are batched per adapter instead.", err)
+    reason = adapted.can_mix()
+    if reason is not None:
+        logger.warning("%s Files are batched per adapter instead.", reason)
         return False
     return True
 
