@@ -68,8 +68,8 @@ from measure import (
 from setups import CACHE, SIZES, WHISPER_SIZES, base_model, build_model, workload
 
 METHODS = (
-    "full", "floor", "head", "sb_lora", "peft_native", "peft_lora", "lora", "lora_all", "lora_attention",
-    "poollora", "dora", "houlsby",
+    "full", "floor", "head", "sb_lora", "peft_native", "peft_lora", "lora", "lora_fa", "lora_bf16",
+    "lora_all", "lora_attention", "poollora", "dora", "houlsby",
 )  # fmt: skip
 DESCRIPTIONS = {  # {rank}: the rank of the run
     "full": "full fine-tuning",
@@ -79,6 +79,8 @@ DESCRIPTIONS = {  # {rank}: the rank of the run
     "peft_native": "PEFT LoRA r{rank} inserted by peft.get_peft_model, Linear modules",
     "peft_lora": "PEFT LoRA r{rank} (bridge), Linear modules",
     "lora": "ours LoRA r{rank}, Linear modules",
+    "lora_fa": "ours LoRA-FA r{rank} (A frozen: keeps A x, not x), Linear modules",
+    "lora_bf16": "ours LoRA r{rank}, input kept for backward in bf16, Linear modules",
     "lora_all": "ours LoRA r{rank}, Linear modules + attention Q/K/V",
     "lora_attention": "ours LoRA r{rank}, attention Q/V only",
     "poollora": "ours PoolLoRA r{rank} stride 2, Linear modules",

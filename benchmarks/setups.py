@@ -104,6 +104,8 @@ def build_model(method: str, size: str, rank: int, window: float, cache: Path = 
     choices = {
         "peft_lora": (adapters.peft_adapter, linear, {"r": rank, "alpha": rank}),
         "lora": (adapters.LoRA, linear, {"rank": rank}),
+        "lora_fa": (adapters.LoRA, linear, {"rank": rank, "freeze_a": True}),
+        "lora_bf16": (adapters.LoRA, linear, {"rank": rank, "saved_input_dtype": "bfloat16"}),
         "lora_all": (adapters.LoRA, [*linear, "*.q_proj", "*.k_proj", "*.v_proj"], {"rank": rank}),
         "lora_attention": (adapters.LoRA, ["*.q_proj", "*.v_proj"], {"rank": rank}),
         "poollora": (adapters.PoolLoRA, linear, {"rank": rank, "stride": 2}),
