@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from adapters.bank import AdapterBank
-from adapters.base import Adapter
+from adapters.base import Adapter, is_mergeable
 from adapters.selection import as_patterns, select_layers
 from adapters.state import AdapterCheckpoints
 from adapters.targets import adapt_parameter, parameter_targets, remove_parameter_adapters
@@ -58,11 +58,9 @@ def _accepted_kwargs(factory: Callable[..., Any]) -> list[str] | None:
 
 
 def _check_mergeable(name: str, adapter: nn.Module) -> None:
-    """Raise ``TypeError`` unless ``adapter`` can fold into its base weights.
-
-    Our adapters say so with ``mergeable``; foreign ones (PEFT) by having ``merge``.
-    """
-    if not getattr(adapter, "mergeable", callable(getattr(adapter, "merge", None))):
+    """Raise ``TypeError`` unless ``adapter`` can fold into its base weights
+    (:func:`adapters.base.is_mergeable`)."""
+    if not is_mergeable(adapter):
         raise TypeError(f"Adapter at {name} ({type(adapter).__name__}) cannot be merged.")
 
 
@@ -211,6 +209,15 @@ class AdaptedModel(AdapterCheckpoints, AdapterBank):
                     "adapter class takes the layer as its first argument and keeps it as a "
                     "submodule (e.g. adapters.LoRA)."
                 )
+            if getattr(adapter, "mergeable", False) is True and not (
+                callable(getattr(adapter, "merge", None))
+                and callable(getattr(adapter, "unmerge", None))
+            ):
+                raise TypeError(
+                    f"adapter_class {cls} says it is mergeable but has no merge()/unmerge(): "
+                    "derive it from adapters.Adapter (which provides them from delta_weight()) "
+                    "or set mergeable = False."
+                )
             for param in layer.parameters():  # user classes may forget this
                 param.requires_grad_(False)
             return adapter
@@ -300,6 +307,24 @@ class AdaptedModel(AdapterCheckpoints, AdapterBank):
     def adapters(self) -> dict[str, nn.Module]:
         """Return ``{layer name: adapter module}`` for the inserted adapters."""
         return self._adapters_in(self.adapted_model)
+
+    def unmergeable_adapters(self) -> dict[str, str]:
+        """``{layer: adapter class name}`` of the adapters that cannot fold into the weights
+        (e.g. Houlsby): what :meth:`merge` and :meth:`export_plain` would refuse.
+
+        Example
+        -------
+        >>> from adapters import Houlsby
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4))
+        >>> AdaptedModel(net, Houlsby, all_linear=True,
+        ...              adapter_kwargs={"projection_size": 2}).unmergeable_adapters()
+        {'0': 'Houlsby'}
+        """
+        return {
+            name: type(adapter).__name__
+            for name, adapter in self.adapters().items()
+            if not is_mergeable(adapter)
+        }
 
     def merge(self) -> None:
         """Fold every adapter into its base weights (all must be mergeable)."""

@@ -30,6 +30,22 @@ def accept_plain_keys(module: Adapter, state_dict: dict, prefix: str, *args: obj
             state_dict.setdefault(f"{prefix}base_layer.{local}", state_dict.pop(prefix + local))
 
 
+def is_mergeable(adapter: nn.Module) -> bool:
+    """The one rule of what merges: an adapter of this library says so with ``mergeable``;
+    a foreign one (PEFT's layers) by having a ``merge`` method. The contract a foreign
+    adapter class meets otherwise: it takes the layer as its first argument and keeps it
+    as a submodule (``base_layer``), its own parameters are what trains, and, when it
+    merges, ``merge()``/``unmerge()`` fold its update into ``base_layer.weight`` and out.
+    :class:`~adapters.AdaptedModel` checks it at insertion.
+
+    Example
+    -------
+    >>> is_mergeable(torch.nn.Linear(2, 2)), is_mergeable(type("P", (), {"merge": print})())
+    (False, True)
+    """
+    return bool(getattr(adapter, "mergeable", callable(getattr(adapter, "merge", None))))
+
+
 class Adapter(nn.Module):
     """Base class: holds and freezes the wrapped layer, tracks merging.
 

@@ -703,3 +703,23 @@ def test_a_file_of_the_first_format_loads_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="unchecked"):
         fresh.load_adapter(str(path))
     assert torch.equal(fresh(x), model(x))
+
+
+def test_a_foreign_adapter_that_claims_to_merge_must_say_how():
+    """The contract is checked at insertion: ``mergeable = True`` needs merge()/unmerge()."""
+
+    class Claims(nn.Module):
+        mergeable = True
+
+        def __init__(self, layer, scale=1.0):
+            super().__init__()
+            self.base_layer, self.scale = layer, nn.Parameter(torch.tensor(scale))
+
+        def forward(self, x):
+            return self.base_layer(x) * self.scale
+
+    with pytest.raises(TypeError, match=r"says it is mergeable but has no merge\(\)/unmerge\(\)"):
+        AdaptedModel(nn.Sequential(nn.Linear(2, 2)), Claims, all_linear=True)
+    Claims.mergeable = False
+    model = AdaptedModel(nn.Sequential(nn.Linear(2, 2)), Claims, all_linear=True)
+    assert model.unmergeable_adapters() == {"0": "Claims"}

@@ -73,13 +73,7 @@ def unmergeable_adapters(adapted_model: nn.Module | None) -> dict[str, str]:
     ... )
     {'0': 'Houlsby'}
     """
-    if adapted_model is None:
-        return {}
-    return {
-        name: type(adapter).__name__
-        for name, adapter in adapted_model.adapters().items()
-        if not getattr(adapter, "mergeable", callable(getattr(adapter, "merge", None)))
-    }
+    return {} if adapted_model is None else adapted_model.unmergeable_adapters()
 
 
 def check_mergeable(adapted_model: nn.Module | None, target: str = "CTranslate2") -> None:
