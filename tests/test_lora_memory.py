@@ -10,7 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from adapters import AdaptedModel, DoRA, LoRA, PoolLoRA, read_adapter_metadata
+from adapters import (
+    AdaptedModel,
+    DoRA,
+    LoRA,
+    PoolLoRA,
+    load_peft,
+    read_adapter_metadata,
+    save_peft,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from measure import saved_bytes, saved_storages
@@ -211,6 +219,12 @@ def test_lora_fa_trains_b_only_merges_and_its_file_applies_to_plain_lora(tmp_pat
     assert torch.equal(plain(x), expected)
     exported = model.export_plain().eval()
     torch.testing.assert_close(exported(x), expected)
+    # PEFT export unchanged: A and B written, read back by load_peft into a plain LoRA
+    folder = save_peft(model, tmp_path / "peft")
+    torch.manual_seed(8)
+    again = AdaptedModel(make_net(), LoRA, all_linear=True, adapter_kwargs={"rank": 2}).eval()
+    load_peft(again, folder)
+    torch.testing.assert_close(again(x), expected)
 
 
 def test_the_benchmark_lora_fa_keeps_less_than_lora_and_near_the_floor():
