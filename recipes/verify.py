@@ -8,7 +8,8 @@ RUN is a run folder or its ``inference/`` folder. With two files, prints their c
 score and the decision at the threshold the run chose on its validation trials
 (``--threshold`` sets another). With ``--trials``, reads a VoxCeleb-style list, one
 trial a line: ``label enrol test`` (label 1: same speaker, 0: not) or ``enrol test``;
-paths are relative to ``--audio-root``. Each recording is embedded once. Writes one
+paths are relative to ``--audio-root`` (an utterance ID without suffix names ``ID.wav``, so
+the lists a run writes under ``trials/`` work as they are). Each recording is embedded once. Writes one
 row per trial (``enrol, test, score, same`` and ``label`` when given) to ``--output``
 (``.csv`` or ``.jsonl``) or standard output, and with labels prints the list's equal
 error rate. A recording that cannot be read gets one error line; the trials that do
@@ -80,6 +81,24 @@ def load_verifier(run: str | Path, device: str = "cpu"):
     return load_task_interface(run, "SpeakerVerifier", "recipes/speaker/train.py", device)
 
 
+def resolve_audio(root: Path, entry: str) -> Path:
+    """The file a trial list names: ``root/entry``, or ``root/entry.wav`` when the list
+    names utterance IDs (as the recipe's own lists do).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> _ = (root / "spk1-utt1.wav").write_bytes(b"")
+    >>> resolve_audio(root, "spk1-utt1").name, resolve_audio(root, "x.flac").name
+    ('spk1-utt1.wav', 'x.flac')
+    """
+    path = root / entry
+    if not path.exists() and (root / f"{entry}.wav").exists():
+        return root / f"{entry}.wav"
+    return path
+
+
 def score_trials(verifier, trials: list[Trial], root: Path, threshold: float) -> list[str]:
     """Score ``trials`` in place (each recording embedded once); return one error line per
     recording that could not be embedded (its trials keep no score)."""
@@ -88,7 +107,7 @@ def score_trials(verifier, trials: list[Trial], root: Path, threshold: float) ->
     paths = sorted({p for t in trials for p in (t.enrol, t.test)})
     for path in tqdm(paths, desc="embedding", unit="file", file=sys.stderr, disable=None):
         try:
-            embeddings[path] = verifier.embed_file(str(root / path))
+            embeddings[path] = verifier.embed_file(str(resolve_audio(root, path)))
         except (AudioError, OSError, RuntimeError, ValueError) as err:
             errors.append(f"error: {root / path}: {str(err).splitlines()[0]}")
     for trial in trials:
