@@ -422,6 +422,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--adapter_column", default="adapter", help="manifest column: adapter")
     parser.add_argument("--output", help="write results to a .csv or .jsonl file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     parser.add_argument(
         "--compare", action="store_true",
         help="transcribe each file with the base model and with its adapter, side by side",
@@ -440,6 +441,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.output and not args.output.endswith((".csv", ".jsonl")):
         parser.error("--output must end in .csv or .jsonl")
+    if args.output and Path(args.output).exists() and not args.overwrite:
+        parser.error(f"{args.output} exists: choose another --output, or give --overwrite")
     if args.chunk_s is not None and args.chunk_s < MIN_CHUNK_S:
         parser.error(f"--chunk_s must be at least {MIN_CHUNK_S:g} s (windows are cut in pauses)")
     return args

@@ -72,6 +72,15 @@ def test_output_must_be_csv_or_jsonl(capsys):
     with pytest.raises(SystemExit):
         parse_args(["run", "a.wav", "--output", "out.txt"])
     assert "--output must end in .csv or .jsonl" in capsys.readouterr().err
+
+
+def test_an_existing_output_is_kept_unless_overwrite_is_given(tmp_path, capsys):
+    out = tmp_path / "out.csv"
+    out.write_text("earlier results")
+    with pytest.raises(SystemExit):
+        parse_args(["run", "a.wav", "--output", str(out)])
+    assert "--overwrite" in capsys.readouterr().err and out.read_text() == "earlier results"
+    assert parse_args(["run", "a.wav", "--output", str(out), "--overwrite"]).overwrite
     args = parse_args(["run", "a.wav", "--adapter", "x=y.safetensors", "--adapter", "none"])
     assert args.adapter == ["x=y.safetensors", "none"] and args.precision == "fp32"
 
