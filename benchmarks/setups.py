@@ -1,7 +1,8 @@
 """The models and inputs the benchmarks measure: the recipe's Conformer CTC at several sizes
-(``hparams/pretrain_asr.yaml`` with size overrides) and Whisper (the packaged tiny.en or a
-random Whisper of a preset's dimensions), each with one training method applied through the
-library (or SpeechBrain's and PEFT's LoRA, for comparison). Nothing here measures.
+(``hparams/pretrain_asr.yaml`` with size overrides) and Whisper (the packaged tiny.en or base,
+real weights, or a random Whisper of a preset's dimensions), each with one training method
+applied through the library (or SpeechBrain's and PEFT's LoRA, for comparison). Nothing here
+measures.
 
 Authors
  * speech-adapters contributors 2026
@@ -24,6 +25,7 @@ SIZES = {  # overrides of hparams/pretrain_asr.yaml
 
 WHISPER_SIZES = {  # size -> model source (recipes.whisper): packaged weights or a random preset
     "whisper-tiny": "packaged",
+    "whisper-base": "packaged-base",  # 72.6M, multilingual, converted into <cache>/whisper-base
     "whisper-small": "small",
     "whisper-test": "tiny-test",
 }
@@ -43,8 +45,8 @@ def base_model(size: str, window: float, cache: Path = CACHE):
         from recipes.whisper.random_init import save_random_whisper
 
         preset = WHISPER_SIZES[size]
-        if preset == "packaged":
-            source = resolve_source("packaged", cache / "whisper-tiny.en")
+        if preset.startswith("packaged"):
+            source = resolve_source(preset, cache / "whisper-tiny.en")
         else:
             source = save_random_whisper(cache / f"random-whisper-{preset}", preset)
         model = WindowedWhisper(
