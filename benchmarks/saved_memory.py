@@ -82,7 +82,15 @@ def measure(config: str, args: argparse.Namespace) -> dict[str, float]:
 
 
 def markdown(rows: dict[str, dict]) -> str:
-    """MiB saved and ratios to the floor and to full fine-tuning, per precision."""
+    """MiB saved and ratios to the floor and to full fine-tuning, per precision.
+
+    Example
+    -------
+    >>> rows = {name: {"trainable": n, "fp32": mib, "bf16": mib / 2}
+    ...         for name, n, mib in (("full", 100, 8.0), ("floor", 5, 4.0), ("lora", 9, 5.0))}
+    >>> markdown(rows).splitlines()[-1]
+    '| lora | 9 | 5.0 | 1.25x | 0.62x | 2.5 | 1.25x | 0.62x |'
+    """
     lines = [
         (
             "| configuration | trainable | fp32 MiB | vs floor | vs full | bf16 autocast MiB "
