@@ -210,7 +210,7 @@ def test_a_file_that_cannot_be_processed_never_stops_the_others(tmp_path, monkey
     files = [good, tail, str(click), str(loud), str(broken), last]
     for batch_size in ("1", "4"):
         code = main(["run", *files, "--chunk_s", "2", "--batch_size", batch_size,
-                     "--output", str(out)])  # fmt: skip
+                     "--output", str(out), "--overwrite"])  # fmt: skip
         stdout, stderr = capsys.readouterr()
         assert code == 1
         errors = stderr.strip().splitlines()
