@@ -160,7 +160,9 @@ def test_lora_run_pairs_references_trains_and_reports_si_snr(lora_run):
     assert all(0 < x <= 1 for x in stoi) and np.mean(stoi) == pytest.approx(after["STOI"], abs=1e-3)
     for tag in ("before", "after"):
         for uid in ("noisy-test-00000", "noisy-test-00001"):
-            assert (out / "details" / "spectrograms" / f"{uid}_target_{tag}.png").stat().st_size > 1000
+            assert (
+                out / "details" / "spectrograms" / f"{uid}_target_{tag}.png"
+            ).stat().st_size > 1000
 
 
 def _test_pairs(data: Path) -> list[tuple[str, str]]:
