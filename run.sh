@@ -49,6 +49,9 @@ setup() {
     if [ ! -f "$stamp" ]; then
         echo "[setup] installing the project and its dependencies into $VENV"
         "$PY" -m pip install -q --upgrade pip
+        if [ -n "${TORCH_INDEX_URL:-}" ]; then  # e.g. the CPU-only torch build, first
+            "$PY" -m pip install -q torch==2.11.0 torchaudio==2.11.0 --index-url "$TORCH_INDEX_URL"
+        fi
         "$PY" -m pip install -q -e ".[dev]"
         touch "$stamp"
     fi
