@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from recipes.common import write_json
+from recipes.io import sha256_file, sha256_json
 
 # Defined in recipes.resumption; the YAMLs and the recipes name them here.
 from recipes.resumption import CompleteCheckpointer, RunState, fault_point  # noqa: F401
@@ -113,20 +114,6 @@ def _alive(pid: Any) -> bool:
 
 
 # ---------------------------------------------------------- fingerprints
-def sha256_file(path: str) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_json(data: Any) -> str:
-    """SHA-256 of a JSON-able value, canonically serialised."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def data_fingerprint(dataset, file_columns: Collection[str] = ("wav",)) -> str:
     """A ``DynamicItemDataset``'s contents: its IDs and every column of its rows.
 

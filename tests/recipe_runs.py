@@ -39,3 +39,21 @@ def epoch_losses(train_log: Path) -> list[float]:
     return [
         float(x) for x in re.findall(r"^epoch: \d+.* train loss: ([-+.\deE]+)", text, re.MULTILINE)
     ]
+
+
+def run_two_processes(*args: str) -> str:
+    """Run a recipe as two gloo processes under ``torchrun`` (a free port each time)."""
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    return run("--standalone", "--nproc_per_node=2", *args, "--distributed_backend=gloo",
+               launcher=(torchrun,))  # fmt: skip
+
+
+def written_once(out: Path) -> dict:
+    """The summary of a finished DDP run, after checking that its adapter and inference
+    folder were written (by rank 0) and that no temporary file was left."""
+    import json
+
+    assert (out / "adapter.safetensors").is_file()
+    assert (out / "inference" / "adapter.ckpt").is_file()
+    assert not list(out.rglob("*.tmp"))
+    return json.loads((out / "summary.json").read_text())

@@ -14,7 +14,7 @@ import yaml
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe_runs import epoch_losses, run
+from recipe_runs import epoch_losses, run, run_two_processes, written_once
 
 from recipes.audio import load_audio
 from recipes.common import read_manifest
@@ -328,19 +328,12 @@ def test_full_run_writes_an_inference_folder_with_the_best_weights(tiny_base, lo
 def test_two_process_torchrun(lora_run, tiny_base, tmp_path):
     """Two gloo processes on the corpus the LoRA run made: one summary, one adapter, one
     inference folder, written by rank 0."""
-    torchrun = Path(sys.executable).with_name("torchrun")
     _, data = lora_run
     out = tmp_path / "ddp"
-    run(
-        "--standalone", "--nproc_per_node=2", str(TRAIN), "hparams/lora_enhancement.yaml",
+    run_two_processes(
+        str(TRAIN), "hparams/lora_enhancement.yaml",
         *TINY, f"--data_folder={data}", f"--base_checkpoint={tiny_base / 'tiny.safetensors'}",
-        "--rank=2", "--number_of_epochs=1", "--distributed_backend=gloo",
-        f"--output_folder={out}", f"--before_cache={tmp_path / 'before.json'}",
-        launcher=(str(torchrun),),
+        "--rank=2", "--number_of_epochs=1", f"--output_folder={out}", f"--before_cache={tmp_path / 'before.json'}",
     )  # fmt: skip
-    summary = json.loads((out / "summary.json").read_text())
+    summary = written_once(out)
     assert summary["method"] == "lora" and "after" in summary
-    assert (out / "adapter.safetensors").is_file() and (
-        out / "inference" / "adapter.ckpt"
-    ).is_file()
-    assert not list(out.rglob("*.tmp"))

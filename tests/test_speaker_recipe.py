@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe_runs import epoch_losses, run
+from recipe_runs import epoch_losses, run, run_two_processes, written_once
 
 from recipes.corpus.trials import read_trials, speaker_group, trial_pairs, write_trials
 from recipes.packages import PackageError
@@ -340,17 +340,12 @@ def test_a_speaker_run_exports_a_merged_folder_with_the_same_scores(
 
 def test_two_process_torchrun(speaker_data, tmp_path):
     """Two gloo processes: one summary, one adapter and one inference folder, from rank 0."""
-    torchrun = Path(sys.executable).with_name("torchrun")
     out = tmp_path / "ddp"
-    run(
-        "--standalone", "--nproc_per_node=2", str(TRAIN), "hparams/lora_speaker.yaml", *TINY,
+    run_two_processes(
+        str(TRAIN), "hparams/lora_speaker.yaml", *TINY,
         *_data_args(speaker_data), "--rank=2", "--number_of_epochs=1", "--n_warmup_steps=1",
-        "--distributed_backend=gloo", f"--output_folder={out}",
-        f"--before_cache={tmp_path / 'before.json'}", launcher=(str(torchrun),),
+        f"--output_folder={out}",
+        f"--before_cache={tmp_path / 'before.json'}",
     )  # fmt: skip
-    summary = json.loads((out / "summary.json").read_text())
+    summary = written_once(out)
     assert summary["method"] == "lora" and set(summary["after"]) == {"target", "source"}
-    assert (out / "adapter.safetensors").is_file() and (
-        out / "inference" / "adapter.ckpt"
-    ).is_file()
-    assert not list(out.rglob("*.tmp"))

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe_runs import epoch_losses, run, run_failing
+from recipe_runs import epoch_losses, run, run_failing, run_two_processes, written_once
 
 from recipes.corpus import scenes
 from recipes.vad.model import CHUNK, CONTEXT, SileroVAD, chunk_labels, f1_score, roc_auc
@@ -293,19 +293,14 @@ def test_labels_that_do_not_fit_the_recording_are_refused(random_base, tmp_path)
 def test_two_process_torchrun(vad_runs, random_base, tmp_path):
     """Two gloo processes on the corpus the runs made: one summary, one adapter, one
     inference folder, written by rank 0."""
-    torchrun = Path(sys.executable).with_name("torchrun")
     out = tmp_path / "ddp"
-    run(
-        "--standalone", "--nproc_per_node=2", str(TRAIN), "hparams/lora_vad.yaml",
+    run_two_processes(
+        str(TRAIN), "hparams/lora_vad.yaml",
         "--corpus_size=tiny", f"--data_folder={vad_runs['data']}",
         f"--base_checkpoint={random_base}", "--real_speech=False", "--num_workers=0",
         "--batch_size=2", "--n_warmup_steps=1", "--number_of_epochs=1", "--rank=2",
-        "--distributed_backend=gloo", f"--output_folder={out}",
-        f"--before_cache={tmp_path / 'before.json'}", launcher=(str(torchrun),),
+        f"--output_folder={out}",
+        f"--before_cache={tmp_path / 'before.json'}",
     )  # fmt: skip
-    summary = json.loads((out / "summary.json").read_text())
+    summary = written_once(out)
     assert summary["method"] == "lora" and set(summary["after"]) == {"target", "source"}
-    assert (out / "adapter.safetensors").is_file() and (
-        out / "inference" / "adapter.ckpt"
-    ).is_file()
-    assert not list(out.rglob("*.tmp"))

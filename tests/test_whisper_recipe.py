@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from hyperpyyaml import load_hyperpyyaml
-from recipe_runs import epoch_losses, run, run_failing
+from recipe_runs import epoch_losses, run, run_failing, run_two_processes, written_once
 
 from recipes.whisper.random_init import save_random_whisper
 
@@ -380,16 +380,10 @@ def test_export_of_an_unfinished_run_says_to_finish_it(runs, tmp_path, capsys):
 
 def test_two_process_torchrun(runs, tmp_path):
     """Two gloo processes: one summary, one adapter, one inference folder, from rank 0."""
-    torchrun = Path(sys.executable).with_name("torchrun")
     out = tmp_path / "ddp"
-    run(
-        "--standalone", "--nproc_per_node=2", str(TRAIN), "hparams/lora_whisper.yaml",
-        *runs["common"], "--rank=4", "--number_of_epochs=1", "--distributed_backend=gloo",
-        f"--output_folder={out}", launcher=(str(torchrun),),
+    run_two_processes(
+        str(TRAIN), "hparams/lora_whisper.yaml",
+        *runs["common"], "--rank=4", "--number_of_epochs=1", f"--output_folder={out}",
     )  # fmt: skip
-    summary = json.loads((out / "summary.json").read_text())
+    summary = written_once(out)
     assert summary["method"] == "lora" and "after" in summary
-    assert (out / "adapter.safetensors").is_file() and (
-        out / "inference" / "adapter.ckpt"
-    ).is_file()
-    assert not list(out.rglob("*.tmp"))
