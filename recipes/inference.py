@@ -47,6 +47,9 @@ MODEL_FOLDERS = {
     "SpeechEnhancer": ("enhancement", {"enhance_model": "model"}),
     "SpeechDetector": ("vad", {"model": "model"}),
 }
+#: The template key a task's base checkpoint loads into, where it is a part of ``model``
+#: (the ``base`` of :func:`model_inference_folder`).
+BASE_KEYS = {"SpeechEnhancer": "mask_net"}
 
 
 def link_or_copy(source: str | os.PathLike, destination: str | os.PathLike) -> None:

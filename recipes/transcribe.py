@@ -21,9 +21,11 @@ transcribed (unreadable or too short audio, an unknown adapter name, a model err
 it) gets one line on stderr; the others are still transcribed and written, and the exit
 status is 1.
 
-Several ``--adapter NAME=PATH`` load adapter sets onto one base; a batch whose files
-chose different adapters runs as one mixed batch (``AdaptedModel.mixed_adapters``).
-``default`` names the source's own adapter, ``none`` the base model.
+Several ``--adapter NAME=PATH`` load adapter sets onto one base (``--adapter NAME``
+chooses the one files use unless their manifest row chooses); a batch whose files chose
+different adapters runs as one mixed batch (``AdaptedModel.mixed_adapters``), see
+:mod:`recipes.adapter_sets`. ``default`` names the source's own adapter, ``none`` the
+base model.
 
 Authors
  * speech-adapters contributors 2026
@@ -32,7 +34,6 @@ Authors
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import io
 import itertools
@@ -46,9 +47,20 @@ from pathlib import Path
 
 import torch
 
+from recipes.adapter_sets import (
+    adapted_model_of,
+    adapter_spec,
+    batches,
+    can_mix,
+    choice_error,
+    load_adapter_sets,
+    resolve_choice,
+    using_adapters,
+)
 from recipes.audio import AUDIO_SUFFIXES, ShortAudioError, load_audio
 from recipes.inference import load_inference, whisper_inference_folder
 
+__all__ = ["Item", "adapted_model_of", "collect_items", "load_model", "main", "transcribe"]
 logger = logging.getLogger(__name__)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: A recording shorter than this holds no word; it is reported, not decoded.
@@ -161,19 +173,9 @@ def collect_items(audio: list[str], adapter_column: str) -> list[Item]:
 
 def _whisper_folder_for(adapter_file: Path, base: Path, folder: Path) -> Path:
     """An inference folder for an adapter file on a Whisper transformers folder."""
-    from adapters import read_adapter_metadata
-
-    meta = read_adapter_metadata(adapter_file)
-
-    class _Spec:  # what adapter_block reads
-        adapter_class = type(meta["adapter_class"], (), {"__module__": meta["adapter_module"]})
-        adapted_layers = meta["adapted_layers"]
-        unfrozen_layers = meta["unfrozen_layers"]
-        adapter_kwargs = meta["adapter_kwargs"]
-
-    _Spec.adapter_class.__qualname__ = meta["adapter_class"]
     values = {"base_source": str(base.resolve())}
-    return whisper_inference_folder(folder, values, _Spec, {"adapter.ckpt": adapter_file})
+    spec = adapter_spec(adapter_file)
+    return whisper_inference_folder(folder, values, spec, {"adapter.ckpt": adapter_file})
 
 
 def load_model(
@@ -195,13 +197,6 @@ def load_model(
     if not path.is_dir():
         raise FileNotFoundError(f"{source} is neither a run folder nor an adapter file.")
     return load_inference(path, device, overrides), None
-
-
-def adapted_model_of(asr) -> torch.nn.Module | None:
-    """The ``AdaptedModel`` inside a loaded interface, if the model has adapters."""
-    from adapters import AdaptedModel
-
-    return next((m for m in asr.mods.modules() if isinstance(m, AdaptedModel)), None)
 
 
 def pause_power(signal: torch.Tensor, span: int, hop: int) -> torch.Tensor:
@@ -307,8 +302,8 @@ def transcribe(asr, items: list[Item], batch_size: int, precision: str, chunk_s:
     chunks = [(item, i) for item in items if not item.error for i in range(len(item.chunks))]
     dtype = PRECISIONS[precision]
     pieces: dict[tuple[int, int], str] = {}
-    batches = _batches(chunks, batch_size, mixable=_can_mix(adapted))
-    for batch in tqdm(batches, desc="transcribing", disable=len(batches) < 4 or None):
+    groups = _batches(chunks, batch_size, mixable=can_mix(adapted))
+    for batch in tqdm(groups, desc="transcribing", disable=len(groups) < 4 or None):
         try:
             texts = _decode(asr, adapted, batch, dtype)
         except Exception:  # noqa: BLE001 - find the file: each alone (transcripts do not change)
@@ -329,12 +324,8 @@ def _decode(asr, adapted, batch: list[tuple[Item, int]], dtype: torch.dtype | No
     lengths = torch.tensor([w.numel() for w in wavs], dtype=torch.float)
     padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
     names = [item.adapter for item, _ in batch]
-    mixing = adapted is not None and len(set(names)) > 1
-    context = adapted.mixed_adapters(names) if mixing else contextlib.nullcontext()
-    if adapted is not None and not mixing:
-        _activate(adapted, names[0])
     autocast = torch.autocast(asr.device_type, dtype=dtype, enabled=dtype is not None)
-    with torch.no_grad(), context, autocast:
+    with torch.no_grad(), using_adapters(adapted, names), autocast:
         texts, _ = asr.transcribe_batch(padded, lengths / lengths.max())
     return [text if isinstance(text, str) else " ".join(text) for text in texts]
 
@@ -361,32 +352,9 @@ def _one_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _can_mix(adapted) -> bool:
-    """Whether one batch may mix adapters (not with adapters on raw weights)."""
-    if adapted is None:
-        return False
-    reason = adapted.can_mix()
-    if reason is not None:
-        logger.warning("%s Files are batched per adapter instead.", reason)
-        return False
-    return True
-
-
 def _batches(chunks: list, size: int, mixable: bool) -> list[list]:
     """Batches of ``size`` chunks; without mixing, each batch holds one adapter's chunks."""
-    if mixable:
-        return [chunks[i : i + size] for i in range(0, len(chunks), size)]
-    groups: dict[str | None, list] = {}
-    for chunk in chunks:
-        groups.setdefault(chunk[0].adapter, []).append(chunk)
-    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
-
-
-def _activate(adapted, name: str | None) -> None:
-    if name is None:
-        adapted.disable_adapters()
-    else:
-        adapted.set_adapter(name)
+    return batches(chunks, size, lambda chunk: chunk[0].adapter, mixable)
 
 
 def write_output(items: list[Item], path: str) -> None:
@@ -417,8 +385,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("audio", nargs="+", help="audio files, folders or CSV manifests")
     parser.add_argument("--base", help="the base for an adapter file given as SOURCE")
     parser.add_argument(
-        "--adapter", action="append", default=[], metavar="NAME=PATH|none",
-        help="load an adapter set by name (repeatable); 'none' transcribes with the base model",
+        "--adapter", action="append", default=[], metavar="NAME=PATH|NAME",
+        help="load an adapter set by name (repeatable); NAME alone: the default ('none': the base)",
     )  # fmt: skip
     parser.add_argument("--adapter_column", default="adapter", help="manifest column: adapter")
     parser.add_argument("--output", help="write results to a .csv or .jsonl file")
@@ -455,8 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             asr, own_file = load_model(args.source, args.base, args.device, workdir, args.window_s)
             adapted = adapted_model_of(asr)
-            failed: list[str] = []
-            default = _prepare_adapters(adapted, args.adapter, own_file, failed)
+            default, failed = load_adapter_sets(adapted, args.adapter, own_file)
             items = collect_items(args.audio, args.adapter_column)
         except (ValueError, FileNotFoundError, KeyError) as err:
             print(f"error: {err}", file=sys.stderr)
@@ -467,13 +434,9 @@ def main(argv: list[str] | None = None) -> int:
                 for it in items
                 for adapter in ("none", it.adapter)
             ]
-        known = set(adapted.adapter_names) if adapted is not None else set()
         for item in items:
-            item.adapter = default if item.adapter is None else item.adapter
-            item.adapter = None if item.adapter == "none" else item.adapter
-            if item.adapter is not None and item.adapter not in known:
-                loaded = ", ".join(sorted(known)) or "none (the model has no adapters)"
-                item.error = f"adapter {item.adapter!r} is not loaded (loaded: {loaded})"
+            item.adapter = resolve_choice(item.adapter, default)
+            item.error = choice_error(adapted, item.adapter)
         window = getattr(asr.hparams, "eval_window_s", 30.0)
         chunk_s = min(args.chunk_s, window) if args.chunk_s else window
         transcribe(asr, items, args.batch_size, args.precision, chunk_s)
@@ -500,36 +463,6 @@ def _print_side_by_side(items: list[Item]) -> None:
         for label, item in (("base", base), (name, adapted)):
             text = f"error: {item.error}" if item.error else item.text
             print(f"  {label:<10} {text}")
-
-
-def _prepare_adapters(
-    adapted, specs: list[str], own_file: Path | None, failed: list[str]
-) -> str | None:
-    """Load the ``--adapter NAME=PATH`` sets (names that fail to load go to ``failed``);
-    return the adapter that files use by default."""
-    if own_file is not None:
-        if adapted is None:
-            raise ValueError("--base names a model without adapters: give an adapted run's folder.")
-        adapted.load_adapter(str(own_file))
-    default: str | None = "default" if adapted is not None else None
-    for spec in specs:
-        if spec == "none":
-            default = None
-            continue
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--adapter {spec!r}: write NAME=PATH (or none).")
-        if adapted is None:
-            raise ValueError(
-                f"--adapter {name}: this model has no adapters to switch (a full fine-tuning or "
-                "pretraining run); transcribe with an adapted run's folder."
-            )
-        try:
-            adapted.load_adapter(path, adapter_name=name)
-        except (ValueError, OSError) as err:  # the files that chose it are reported as such
-            print(f"error: --adapter {name}={path}: {err}", file=sys.stderr)
-            failed.append(name)
-    return default
 
 
 if __name__ == "__main__":
