@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
@@ -25,6 +26,7 @@ import torch
 import torchaudio
 from speechbrain.inference.enhancement import SpectralMaskEnhancement
 
+from recipes.adapter_sets import adapted_model_of, using_adapters
 from recipes.audio import load_audio
 from recipes.enhancement.model import enhance_waveforms
 from recipes.io import write_bytes
@@ -60,15 +62,34 @@ class SpeechEnhancer(SpectralMaskEnhancement):
     HPARAMS_NEEDED: ClassVar[list[str]] = ["sample_rate"]
     MODULES_NEEDED: ClassVar[list[str]] = ["enhance_model"]
 
-    def enhance_batch(self, noisy: torch.Tensor, lengths: torch.Tensor | None = None):
+    @staticmethod
+    def base_sizes(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
+        """The template's model sizes for a base checkpoint (:class:`NSNet2` tensors).
+
+        Example
+        -------
+        >>> from recipes.enhancement.model import NSNet2
+        >>> SpeechEnhancer.base_sizes(NSNet2(hidden_size=8, fc_size=12).state_dict())
+        {'hidden_size': 8, 'fc_size': 12}
+        """
+        return {
+            "hidden_size": state["fc_in.weight"].shape[0],
+            "fc_size": state["fc_out.0.weight"].shape[0],
+        }
+
+    def enhance_batch(
+        self, noisy: torch.Tensor, lengths: torch.Tensor | None = None, adapters=None
+    ) -> torch.Tensor:
         """Enhanced ``(batch, samples)`` audio at ``sample_rate``, zero past each relative
-        length in ``lengths`` (all 1 by default)."""
+        length in ``lengths`` (all 1 by default); with ``adapters``, row ``i`` goes through
+        the adapter set ``adapters[i]`` (None: the base model), see
+        :func:`recipes.adapter_sets.using_adapters`."""
         noisy = noisy.to(self.device).float()
         if noisy.dim() == 1:
             noisy = noisy.unsqueeze(0)
         if lengths is None:
             lengths = torch.ones(noisy.shape[0])
-        with torch.no_grad():
+        with torch.no_grad(), using_adapters(adapted_model_of(self), adapters):
             return enhance_waveforms(self.mods.enhance_model, noisy, lengths.to(self.device))
 
     def load_audio(self, path, savedir=None) -> torch.Tensor:
@@ -83,9 +104,12 @@ class SpeechEnhancer(SpectralMaskEnhancement):
         written there as a 16 kHz, 16-bit WAV file (atomically: the old file or the new)."""
         enhanced = self.enhance_batch(self.load_audio(filename).unsqueeze(0))[0]
         if output_filename is not None:
-            data = wav_bytes(self.to_output_rate(enhanced), OUTPUT_RATE)
-            write_bytes(Path(output_filename), data)
+            self.write_file(enhanced, output_filename)
         return enhanced
+
+    def write_file(self, enhanced: torch.Tensor, output_filename: str | os.PathLike) -> None:
+        """Write enhanced audio (at ``sample_rate``) as a 16 kHz, 16-bit WAV file, atomically."""
+        write_bytes(Path(output_filename), wav_bytes(self.to_output_rate(enhanced), OUTPUT_RATE))
 
     def to_output_rate(self, wav: torch.Tensor) -> torch.Tensor:
         """``wav``, at the model's rate, resampled to :data:`OUTPUT_RATE` if it differs."""
