@@ -3,17 +3,30 @@
     python -m recipes.enhance results/enhancement/lora/noisy noisy.wav --output-dir enhanced
     python -m recipes.enhance results/enhancement/lora/noisy recordings/ calls.csv \\
         --output-dir enhanced
+    python -m recipes.enhance adapter.safetensors noisy.wav --base nsnet2.safetensors \\
+        --output-dir enhanced
+    python -m recipes.enhance results/enhancement/lora/noisy calls.csv --output-dir enhanced \\
+        --adapter phone=results/enhancement/lora/telephone/adapter.safetensors
 
-RUN is a run folder or its ``inference/`` folder. IN is files, folders (the audio files
+SOURCE is a run folder, its ``inference/`` folder, or an adapter file with ``--base``
+(the base checkpoint it was trained on, or the folder of a run on that base). IN is
+files, folders (the audio files
 in them, searched recursively) or CSV manifests (a ``wav`` column; ``$data_root`` and
 relative paths are the manifest's folder). Each file is read by the recipes' loader at
-the model's rate (resampled, downmixed), enhanced as the recipe's evaluation enhanced it,
+the model's rate (resampled, downmixed), enhanced as the recipe's evaluation enhanced it
+(``--batch_size`` files at once, padded: a file's row of a batch is what it gives alone),
 and written to ``DIR/<name>.wav`` (16 kHz, 16-bit), where ``<name>`` is its file name
 without the suffix; inputs that share a name get ``<name>-2``, ``<name>-3``... in the
 order given. Files are written atomically (the old file or the new, never a part). An
 existing output is refused before any work unless ``--overwrite`` is given; an input is
 never overwritten. A file that cannot be enhanced gets one error line on stderr; the
 others are still written, and the exit status is 1.
+
+``--adapter NAME=PATH`` (repeatable) loads adapter sets onto the base; a manifest's
+``--adapter_column`` chooses one per file, ``--adapter NAME`` the one the others use
+(``default``: the source's own adapter, ``none``: the base model). A batch whose files
+chose different sets runs as one mixed batch (see :mod:`recipes.adapter_sets`). A file
+that chose a set that is not loaded gets one error line.
 
 Authors
  * speech-adapters contributors 2026
@@ -23,13 +36,26 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
-from recipes.audio import AudioError, audio_inputs
+from recipes.adapter_sets import (
+    adapted_model_of,
+    assign_adapters,
+    batches,
+    can_mix,
+    inputs_with_choices,
+    load_adapter_sets,
+    load_task_source,
+)
+from recipes.audio import AudioError
 from recipes.inference import load_task_interface
+
+RECIPE = "recipes/enhancement/train.py"
 
 
 @dataclass
@@ -38,6 +64,9 @@ class Job:
 
     source: Path
     target: Path
+    adapter: str | None = None
+    error: str = ""
+    wav: torch.Tensor | None = field(default=None, repr=False)
 
 
 def output_names(files: list[Path]) -> list[str]:
@@ -84,46 +113,87 @@ def plan(files: list[Path], output_dir: Path, overwrite: bool) -> list[Job]:
 
 def load_enhancer(run: str | Path, device: str = "cpu"):
     """The ``SpeechEnhancer`` of an enhancement run (or its inference folder)."""
-    return load_task_interface(run, "SpeechEnhancer", "recipes/enhancement/train.py", device)
+    return load_task_interface(run, "SpeechEnhancer", RECIPE, device)
 
 
-def enhance_all(enhancer, jobs: list[Job]) -> list[str]:
-    """Enhance and write each job's file; return one error line per file that failed."""
-    errors = []
-    for job in tqdm(jobs, desc="enhancing", unit="file", file=sys.stderr, disable=None):
+def enhance_all(enhancer, jobs: list[Job], batch_size: int = 1) -> list[str]:
+    """Enhance and write each job's file, ``batch_size`` at a time, each with its adapter set
+    (``Job.adapter``; a job with an error is skipped); return one error line per file that
+    failed."""
+    for job in jobs:
+        if not job.error:
+            try:
+                job.wav = enhancer.load_audio(job.source)
+            except (AudioError, OSError, RuntimeError, ValueError) as err:
+                job.error = (str(err).splitlines() or [type(err).__name__])[0]
+    adapted = adapted_model_of(enhancer)
+    todo = [job for job in jobs if not job.error]
+    groups = batches(todo, batch_size, lambda job: job.adapter, can_mix(adapted))
+    for group in tqdm(groups, desc="enhancing", unit="batch", file=sys.stderr, disable=None):
         try:
-            enhancer.enhance_file(job.source, job.target)
-        except (AudioError, OSError, RuntimeError, ValueError) as err:
-            reason = (str(err).splitlines() or [type(err).__name__])[0]
-            errors.append(f"error: {job.source}: {reason}")
-    return errors
+            _enhance_batch(enhancer, group, adapted is not None)
+        except (OSError, RuntimeError, ValueError):  # find the file: each alone
+            for job in group:
+                try:
+                    _enhance_batch(enhancer, [job], adapted is not None)
+                except (OSError, RuntimeError, ValueError) as err:
+                    job.error = (str(err).splitlines() or [type(err).__name__])[0]
+    for job in jobs:
+        job.wav = None
+    return [f"error: {job.source}: {job.error}" for job in jobs if job.error]
+
+
+def _enhance_batch(enhancer, group: list[Job], adapters: bool) -> None:
+    """Enhance a batch of files in one padded pass and write each, cut to its length."""
+    lengths = torch.tensor([len(job.wav) for job in group], dtype=torch.float)
+    padded = torch.nn.utils.rnn.pad_sequence([job.wav for job in group], batch_first=True)
+    names = [job.adapter for job in group] if adapters else None
+    enhanced = enhancer.enhance_batch(padded, lengths / lengths.max(), adapters=names).cpu()
+    for row, job in enumerate(group):
+        enhancer.write_file(enhanced[row, : len(job.wav)], job.target)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m recipes.enhance", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("run", help="an enhancement run's output folder (or its inference/)")
+    parser.add_argument("source", help="run folder, inference folder, or adapter file (--base)")
     parser.add_argument("inputs", nargs="+", metavar="IN", help="audio files, folders, manifests")
     parser.add_argument("--output-dir", required=True, help="folder the enhanced files go to")
+    parser.add_argument("--base", help="the base of an adapter file given as SOURCE")
+    parser.add_argument(
+        "--adapter", action="append", default=[], metavar="NAME=PATH|NAME",
+        help="load an adapter set by name (repeatable); NAME alone: the default ('none': the base)",
+    )  # fmt: skip
+    parser.add_argument("--adapter_column", default="adapter", help="manifest column: adapter")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--batch_size", type=int, default=4, help="files enhanced at once")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     output_dir = Path(args.output_dir)
-    try:
-        if output_dir.exists() and not output_dir.is_dir():
-            raise ValueError(f"--output-dir {output_dir} is a file: give a folder.")
-        jobs = plan(audio_inputs(args.inputs), output_dir, args.overwrite)
-        enhancer = load_enhancer(args.run, args.device)
-    except (ValueError, OSError, RuntimeError) as err:  # a refused target, an unusable RUN
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    with tempfile.TemporaryDirectory() as workdir:
+        try:
+            if output_dir.exists() and not output_dir.is_dir():
+                raise ValueError(f"--output-dir {output_dir} is a file: give a folder.")
+            inputs = inputs_with_choices(args.inputs, args.adapter_column)
+            jobs = plan([item.path for item in inputs], output_dir, args.overwrite)
+            enhancer, own_file = load_task_source(
+                args.source, args.base, "SpeechEnhancer", RECIPE, workdir, args.device
+            )
+            adapted = adapted_model_of(enhancer)
+            default, failed = load_adapter_sets(adapted, args.adapter, own_file)
+        except (ValueError, OSError, RuntimeError) as err:  # a refused target, an unusable RUN
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    assign_adapters(inputs, adapted, default)
+    for job, item in zip(jobs, inputs, strict=True):
+        job.adapter, job.error = item.adapter, item.error
     output_dir.mkdir(parents=True, exist_ok=True)
-    errors = enhance_all(enhancer, jobs)
+    errors = enhance_all(enhancer, jobs, args.batch_size)
     for line in errors:
         print(line, file=sys.stderr)
     print(f"{len(jobs) - len(errors)} of {len(jobs)} files enhanced into {output_dir}")
-    return 1 if errors else 0
+    return 1 if errors or failed else 0
 
 
 if __name__ == "__main__":

@@ -3,17 +3,30 @@
     python -m recipes.verify results/speaker/lora/telephone a.wav b.wav
     python -m recipes.verify results/speaker/lora/telephone --trials trials.txt \\
         --audio-root data/corpus --output scores.csv
+    python -m recipes.verify results/speaker/lora/telephone a.wav b.wav --adapter none
+    python -m recipes.verify adapter.safetensors a.wav b.wav --base encoder.safetensors
+    python -m recipes.verify results/speaker/lora/telephone a.wav b.wav \\
+        --adapter noisy=results/speaker/lora/noisy/adapter.safetensors --adapter noisy
 
-RUN is a run folder or its ``inference/`` folder. With two files, prints their cosine
+SOURCE is a run folder, its ``inference/`` folder, or an adapter file with ``--base``
+(the base checkpoint it was trained on, or the folder of a run on that base: its
+threshold is then used). With two files, prints their cosine
 score and the decision at the threshold the run chose on its validation trials
 (``--threshold`` sets another). With ``--trials``, reads a VoxCeleb-style list, one
 trial a line: ``label enrol test`` (label 1: same speaker, 0: not) or ``enrol test``;
 paths are relative to ``--audio-root`` (an utterance ID without suffix names ``ID.wav``, so
-the lists a run writes under ``trials/`` work as they are). Each recording is embedded once. Writes one
+the lists a run writes under ``trials/`` work as they are). Each recording is embedded
+once, ``--batch_size`` at a time. Writes one
 row per trial (``enrol, test, score, same`` and ``label`` when given) to ``--output``
 (``.csv`` or ``.jsonl``) or standard output, and with labels prints the list's equal
 error rate. A recording that cannot be read gets one error line; the trials that do
 not need it are still scored, and the exit status is 1.
+
+``--adapter NAME=PATH`` (repeatable) loads adapter sets onto the base, ``--adapter NAME``
+chooses the one every recording is embedded with (``default``: the source's own
+adapter, ``none``: the base model; see :mod:`recipes.adapter_sets`). A set whose file
+cannot be loaded gets one error line (exit status 1); choosing a set that is not
+loaded is an error before any work (exit status 2).
 
 Authors
  * speech-adapters contributors 2026
@@ -26,15 +39,25 @@ import csv
 import io
 import json
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from recipes.adapter_sets import (
+    adapted_model_of,
+    batches,
+    choice_error,
+    load_adapter_sets,
+    load_task_source,
+)
 from recipes.audio import AudioError
 from recipes.inference import load_task_interface
 from recipes.io import write_text
+
+RECIPE = "recipes/speaker/train.py"
 
 
 @dataclass
@@ -78,7 +101,7 @@ def read_trial_list(path: str | Path) -> list[Trial]:
 
 def load_verifier(run: str | Path, device: str = "cpu"):
     """The ``SpeakerVerifier`` of a speaker run (or its inference folder)."""
-    return load_task_interface(run, "SpeakerVerifier", "recipes/speaker/train.py", device)
+    return load_task_interface(run, "SpeakerVerifier", RECIPE, device)
 
 
 def resolve_audio(root: Path, entry: str) -> Path:
@@ -99,23 +122,49 @@ def resolve_audio(root: Path, entry: str) -> Path:
     return path
 
 
-def score_trials(verifier, trials: list[Trial], root: Path, threshold: float) -> list[str]:
-    """Score ``trials`` in place (each recording embedded once); return one error line per
-    recording that could not be embedded (its trials keep no score)."""
-    embeddings: dict[str, torch.Tensor] = {}
-    errors = []
-    paths = sorted({p for t in trials for p in (t.enrol, t.test)})
-    for path in tqdm(paths, desc="embedding", unit="file", file=sys.stderr, disable=None):
-        try:
-            embeddings[path] = verifier.embed_file(str(resolve_audio(root, path)))
-        except (AudioError, OSError, RuntimeError, ValueError) as err:
-            errors.append(f"error: {root / path}: {str(err).splitlines()[0]}")
+def score_trials(
+    verifier,
+    trials: list[Trial],
+    root: Path,
+    threshold: float,
+    adapter: str | None = "default",
+    batch_size: int = 8,
+) -> list[str]:
+    """Score ``trials`` in place (each recording embedded once, with the adapter set
+    ``adapter``, None: the base model); return one error line per recording that could
+    not be embedded (its trials keep no score)."""
+    embeddings = embed_files(verifier, sorted({p for t in trials for p in (t.enrol, t.test)}),
+                             root, adapter, batch_size)  # fmt: skip
+    errors = [f"error: {root / path}: {e}" for path, e in embeddings.items() if isinstance(e, str)]
     for trial in trials:
-        if trial.enrol in embeddings and trial.test in embeddings:
-            a, b = embeddings[trial.enrol], embeddings[trial.test]
+        a, b = embeddings[trial.enrol], embeddings[trial.test]
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
             trial.score = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
             trial.same = trial.score > threshold
     return errors
+
+
+def embed_files(
+    verifier, paths: list[str], root: Path, adapter: str | None, batch_size: int
+) -> dict[str, torch.Tensor | str]:
+    """Each recording's embedding, or why it could not be embedded (one line)."""
+    adapted = adapted_model_of(verifier)
+    found: dict[str, torch.Tensor | str] = {}
+    wavs: dict[str, torch.Tensor] = {}
+    for path in paths:
+        try:
+            wavs[path] = verifier.load_audio(resolve_audio(root, path))
+        except (AudioError, OSError, RuntimeError, ValueError) as err:
+            found[path] = (str(err).splitlines() or [type(err).__name__])[0]
+    groups = batches(list(wavs), batch_size, lambda _: adapter, mixable=False)
+    for group in tqdm(groups, desc="embedding", unit="batch", file=sys.stderr, disable=None):
+        signals = [wavs[path] for path in group]
+        lengths = torch.tensor([len(w) for w in signals], dtype=torch.float)
+        padded = torch.nn.utils.rnn.pad_sequence(signals, batch_first=True)
+        names = None if adapted is None else [adapter] * len(group)
+        out = verifier.encode_batch(padded, lengths / lengths.max(), adapters=names)
+        found.update(zip(group, out[:, 0].cpu(), strict=True))
+    return found
 
 
 def equal_error_rate(trials: list[Trial]) -> float | None:
@@ -157,13 +206,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m recipes.verify", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("run", help="a speaker run's output folder (or its inference/ folder)")
+    parser.add_argument("source", help="run folder, inference folder, or adapter file (--base)")
     parser.add_argument("files", nargs="*", help="two recordings to compare")
+    parser.add_argument("--base", help="the base of an adapter file given as SOURCE")
+    parser.add_argument(
+        "--adapter", action="append", default=[], metavar="NAME=PATH|NAME",
+        help="load an adapter set by name (repeatable); NAME alone: embed with it ('none': the base)",
+    )  # fmt: skip
     parser.add_argument("--trials", help="a trial list: 'label enrol test' or 'enrol test' lines")
     parser.add_argument("--audio-root", default=".", help="folder the trial list's paths are in")
     parser.add_argument("--output", help="write the scores here (.csv or .jsonl)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     parser.add_argument("--threshold", type=float, help="decision threshold (default: the run's)")
+    parser.add_argument("--batch_size", type=int, default=8, help="recordings embedded at once")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     if bool(args.trials) == bool(args.files) or (args.files and len(args.files) != 2):
@@ -172,15 +227,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--output must end in .csv or .jsonl")
     if args.output and Path(args.output).exists() and not args.overwrite:
         parser.error(f"{args.output} exists: choose another --output, or give --overwrite")
-    try:
-        verifier = load_verifier(args.run, args.device)
-        trials = [Trial(*args.files)] if args.files else read_trial_list(args.trials)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    with tempfile.TemporaryDirectory() as workdir:
+        try:
+            verifier, own_file = load_task_source(
+                args.source, args.base, "SpeakerVerifier", RECIPE, workdir, args.device
+            )
+            adapted = adapted_model_of(verifier)
+            adapter, failed = load_adapter_sets(adapted, args.adapter, own_file)
+            if choice_error(adapted, adapter):
+                raise ValueError(f"--adapter {adapter}: {choice_error(adapted, adapter)}")
+            trials = [Trial(*args.files)] if args.files else read_trial_list(args.trials)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     threshold = verifier.hparams.threshold if args.threshold is None else args.threshold
     root = Path(args.audio_root) if args.trials else Path(".")
-    errors = score_trials(verifier, trials, root, threshold)
+    errors = score_trials(verifier, trials, root, threshold, adapter, args.batch_size)
     for line in errors:
         print(line, file=sys.stderr)
     text = rows_text(trials, Path(args.output).suffix if args.output else ".csv")
@@ -192,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     eer = equal_error_rate(trials)
     if eer is not None:
         print(f"EER {eer:.2f}% over {sum(t.score is not None for t in trials)} labelled trials")
-    return 1 if errors else 0
+    return 1 if errors or failed else 0
 
 
 if __name__ == "__main__":
