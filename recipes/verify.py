@@ -156,15 +156,26 @@ def embed_files(
             wavs[path] = verifier.load_audio(resolve_audio(root, path))
         except (AudioError, OSError, RuntimeError, ValueError) as err:
             found[path] = (str(err).splitlines() or [type(err).__name__])[0]
+    names = None if adapted is None else [adapter]
     groups = batches(list(wavs), batch_size, lambda _: adapter, mixable=False)
     for group in tqdm(groups, desc="embedding", unit="batch", file=sys.stderr, disable=None):
-        signals = [wavs[path] for path in group]
-        lengths = torch.tensor([len(w) for w in signals], dtype=torch.float)
-        padded = torch.nn.utils.rnn.pad_sequence(signals, batch_first=True)
-        names = None if adapted is None else [adapter] * len(group)
-        out = verifier.encode_batch(padded, lengths / lengths.max(), adapters=names)
-        found.update(zip(group, out[:, 0].cpu(), strict=True))
+        try:
+            found.update(zip(group, _embed([wavs[p] for p in group], verifier, names), strict=True))
+        except (RuntimeError, ValueError):  # find the recording: each alone
+            for path in group:
+                try:
+                    found[path] = _embed([wavs[path]], verifier, names)[0]
+                except (RuntimeError, ValueError) as err:
+                    found[path] = (str(err).splitlines() or [type(err).__name__])[0]
     return found
+
+
+def _embed(signals: list[torch.Tensor], verifier, names: list[str | None] | None) -> torch.Tensor:
+    """The embeddings of recordings, in one padded batch, with the adapter set of ``names``."""
+    lengths = torch.tensor([len(w) for w in signals], dtype=torch.float)
+    padded = torch.nn.utils.rnn.pad_sequence(signals, batch_first=True)
+    rows = None if names is None else names * len(signals)
+    return verifier.encode_batch(padded, lengths / lengths.max(), adapters=rows)[:, 0].cpu()
 
 
 def equal_error_rate(trials: list[Trial]) -> float | None:
