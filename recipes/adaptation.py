@@ -18,6 +18,7 @@ Authors
 from __future__ import annotations
 
 import atexit
+import io
 import json
 import logging
 import os
@@ -48,7 +49,7 @@ from recipes.bookkeeping import (
     input_fingerprint,
 )
 from recipes.common import write_json
-from recipes.io import write_text
+from recipes.io import write_bytes, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -664,7 +665,9 @@ def run_adaptation(
 
     if if_main_process():
         if "export_base" in hparams:  # the best model, as a plain state dict
-            torch.save(hparams["model"].state_dict(), hparams["export_base"])
+            buffer = io.BytesIO()
+            torch.save(hparams["model"].state_dict(), buffer)
+            write_bytes(hparams["export_base"], buffer.getvalue())  # whole, or not at all
         if adapted is not None:
             path = os.path.join(folder, "adapter.safetensors")
             adapted.save_adapter(path)

@@ -216,7 +216,7 @@ def test_export_of_the_packaged_tiny_en_transcribes_with_our_words(tmp_path):
     tokens; called as users call it, it gives what it gives on the packaged CTranslate2 model
     itself (its own padding of a short clip may change a word: docs/deploy.md)."""
     from recipes.corpus.tts import ESpeak
-    from recipes.whisper.convert import convert_packaged_whisper, packaged_model_dir
+    from recipes.whisper.pretrained import convert_packaged_whisper, packaged_model_dir
 
     packaged = convert_packaged_whisper(tmp_path / "tiny.en")
     audio = ESpeak().synthesize(TEXT, voice="en-gb+f2")

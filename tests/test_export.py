@@ -14,7 +14,7 @@ from torch import nn
 from adapters import AdaptedModel, DoRA, Houlsby, LoRA, PoolLoRA, peft_adapter
 from adapters.peft_format import PeftFormatError, load_peft, save_peft
 from recipes.io import TargetError
-from recipes.whisper import convert
+from recipes.whisper import pretrained
 from recipes.whisper.export import ExportError, export_transformers
 from recipes.whisper.generation import greedy_suppress_tokens, whisper_generation_config
 from recipes.whisper.model import WindowedWhisper
@@ -161,7 +161,7 @@ def test_export_refuses_a_whisper_with_adapters_but_no_adapted_model(tiny, tmp_p
 
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory):
-    return convert.convert_packaged_whisper(tmp_path_factory.mktemp("packaged") / "tiny.en")
+    return pretrained.convert_packaged_whisper(tmp_path_factory.mktemp("packaged") / "tiny.en")
 
 
 def test_converted_packaged_model_gives_clean_pipeline_text(packaged, tmp_path):
@@ -183,14 +183,14 @@ def test_an_older_conversion_is_converted_again(packaged, tmp_path, monkeypatch)
     def reconverting(*args):
         raise RuntimeError("converting again")
 
-    monkeypatch.setattr(convert, "read_ct2_model", reconverting)
-    assert convert.convert_packaged_whisper(folder) == folder  # current: reused
+    monkeypatch.setattr(pretrained, "read_ct2_model", reconverting)
+    assert pretrained.convert_packaged_whisper(folder) == folder  # current: reused
     stamp = folder / "converted_from.json"
     recorded = json.loads(stamp.read_text())
-    assert recorded["version"] == convert.CONVERSION_VERSION
+    assert recorded["version"] == pretrained.CONVERSION_VERSION
     stamp.write_text(json.dumps({k: v for k, v in recorded.items() if k != "version"}))
     with pytest.raises(RuntimeError, match="converting again"):
-        convert.convert_packaged_whisper(folder)
+        pretrained.convert_packaged_whisper(folder)
 
 
 # ------------------------------------------------------------------ PEFT, ours -> PEFT

@@ -22,7 +22,7 @@ def declare_special_tokens(tokenizer):
 
     Example
     -------
-    >>> from recipes.whisper.convert import packaged_model_dir, whisper_tokenizer
+    >>> from recipes.whisper.pretrained import packaged_model_dir, whisper_tokenizer
     >>> tokenizer = whisper_tokenizer(packaged_model_dir() / "tokenizer.json")
     >>> len(tokenizer.all_special_ids)
     1
@@ -105,7 +105,7 @@ def whisper_generation_config(
     Example
     -------
     >>> from transformers import WhisperConfig
-    >>> from recipes.whisper.convert import packaged_model_dir, whisper_tokenizer
+    >>> from recipes.whisper.pretrained import packaged_model_dir, whisper_tokenizer
     >>> tokenizer = whisper_tokenizer(packaged_model_dir() / "tokenizer.json")
     >>> gen = whisper_generation_config(tokenizer, WhisperConfig(vocab_size=51864))
     >>> gen.decoder_start_token_id, gen.no_timestamps_token_id, gen.num_beams

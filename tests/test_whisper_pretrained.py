@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from recipes.whisper import convert
-from recipes.whisper.convert import (
+from recipes.whisper import pretrained
+from recipes.whisper.pretrained import (
     ConversionError,
     convert_ct2_whisper,
     convert_packaged_whisper,
@@ -72,7 +72,7 @@ def test_wrong_checksum_is_refused_before_anything_is_written(tmp_path):
     (ct2 / "model.bin").write_bytes(b"not a model")
     (ct2 / "tokenizer.json").write_text("{}")
     with pytest.raises(ConversionError, match="SHA-256") as err:
-        convert_ct2_whisper(ct2, tmp_path / "out", expected_sha256=convert.PACKAGED_SHA256)
+        convert_ct2_whisper(ct2, tmp_path / "out", expected_sha256=pretrained.PACKAGED_SHA256)
     assert "reinstall" in str(err.value)
     assert not (tmp_path / "out").exists()
 
@@ -92,7 +92,7 @@ def packaged(tmp_path_factory):
 
 
 def test_packaged_file_has_the_published_checksum():
-    assert convert.sha256_of(packaged_model_dir() / "model.bin") == convert.PACKAGED_SHA256
+    assert pretrained.sha256_of(packaged_model_dir() / "model.bin") == pretrained.PACKAGED_SHA256
 
 
 def test_conversion_covers_every_key_exactly(packaged):
@@ -127,7 +127,7 @@ def test_converted_folder_loads_and_is_cached(packaged):
     assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= names
     assert "preprocessor_config.json" in names
     stamp = json.loads((folder / "converted_from.json").read_text())
-    assert stamp["sha256"] == convert.PACKAGED_SHA256
+    assert stamp["sha256"] == pretrained.PACKAGED_SHA256
     model = WhisperForConditionalGeneration.from_pretrained(folder)
     embed = model.model.decoder.embed_tokens.weight
     assert model.proj_out.weight.data_ptr() == embed.data_ptr()
@@ -165,9 +165,9 @@ def test_a_damaged_converted_folder_is_converted_again(packaged, tmp_path):
     shutil.copytree(packaged["folder"], folder)
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy cut short
-    assert convert.safetensors_problem(weights) is not None
+    assert pretrained.safetensors_problem(weights) is not None
     assert resolve_source("packaged", folder) == str(folder)
-    assert convert.safetensors_problem(weights) is None
+    assert pretrained.safetensors_problem(weights) is None
     assert weights.read_bytes() == (Path(packaged["folder"]) / "model.safetensors").read_bytes()
     # a damaged folder of the user's own is named, not converted over
     weights.write_bytes(weights.read_bytes()[:-1000])
@@ -185,7 +185,7 @@ def test_weights_edited_after_conversion_are_noticed_when_used(packaged, tmp_pat
     edited = bytearray(weights.read_bytes())
     edited[-1] ^= 0xFF
     weights.write_bytes(bytes(edited))
-    assert convert.safetensors_problem(weights) is None
+    assert pretrained.safetensors_problem(weights) is None
     with pytest.raises(ValueError, match=r"changed since it was converted: model.safetensors"):
         resolve_source(str(folder), "unused")  # given as a folder: named, not converted over
     assert resolve_source("packaged", folder) == str(folder)  # the converter's own: redone
