@@ -158,7 +158,7 @@ job() {
 
 setup
 case "${1:-main}" in
-    main | asr | speaker | enhancement | vad) job "$@" ;;
+    main | asr | speaker | enhancement | vad) job "${1:-main}" "${@:2}" ;;
     tests) shift; "$PY" -m pytest -q "$@" ;;
     *) echo "usage: bash run.sh [main [--model tiny.en|base] | asr | speaker | enhancement | vad] [overrides...] | bash run.sh tests [pytest args...]" >&2; exit 2 ;;
 esac

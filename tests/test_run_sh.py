@@ -67,6 +67,15 @@ def test_every_job_has_the_same_four_steps(fake_venv, tmp_path, job):
     assert commands[4:] in ([], real if task == "whisper" else [])  # real speech: Whisper
 
 
+def test_run_sh_alone_is_the_main_job(fake_venv, tmp_path):
+    status, commands, output = run_job(fake_venv, tmp_path)
+    assert status == 0, output
+    assert commands[:2] == [
+        "-m recipes.whisper.pretrained --output pretrained/whisper-tiny.en",
+        "recipes/whisper/train.py hparams/lora_whisper.yaml",
+    ]
+
+
 def test_whisper_base_gets_its_own_weights_and_results(fake_venv, tmp_path):
     for spelling in (["--model", "base"], ["--whisper_source", "packaged-base"]):
         status, commands, output = run_job(fake_venv, tmp_path, "main", *spelling)
