@@ -30,6 +30,17 @@ def accept_plain_keys(module: Adapter, state_dict: dict, prefix: str, *args: obj
             state_dict.setdefault(f"{prefix}base_layer.{local}", state_dict.pop(prefix + local))
 
 
+def within(name: str, prefix: str) -> bool:
+    """Whether the module ``name`` is ``prefix`` or lies inside it.
+
+    Example
+    -------
+    >>> within("encoder.layers.0.fc1", "encoder.layers.0"), within("encoder.layers.01", "encoder.layers.0")
+    (True, False)
+    """
+    return name == prefix or name.startswith(prefix + ".")
+
+
 def is_mergeable(adapter: nn.Module) -> bool:
     """The one rule of what merges: an adapter of this library says so with ``mergeable``;
     a foreign one (PEFT's layers) by having a ``merge`` method. The contract a foreign

@@ -20,7 +20,7 @@ from fnmatch import fnmatch
 
 from torch import nn
 
-from adapters.base import CONV_TYPES, LINEAR_TYPES
+from adapters.base import CONV_TYPES, LINEAR_TYPES, within
 from adapters.targets import ParamTarget
 
 
@@ -31,11 +31,6 @@ def as_patterns(value: str | Sequence[str] | None) -> list[str]:
 
 def matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch(name, p) for p in patterns)
-
-
-def within(name: str, prefix: str) -> bool:
-    """Whether ``name`` is ``prefix`` or lies inside it."""
-    return name == prefix or name.startswith(prefix + ".")
 
 
 def check_patterns(key: str, patterns: Sequence[str], names: Sequence[str]) -> None:

@@ -31,8 +31,7 @@ from safetensors.torch import save_file
 from speechbrain.utils import checkpoints
 from torch import nn
 
-from adapters.base import Adapter
-from adapters.selection import within
+from adapters.base import Adapter, within
 
 FORMAT = "speech-adapters/2"
 _FIRST_FORMAT = "speech-adapters/1"

@@ -40,8 +40,8 @@ def base_model(size: str, window: float, cache: Path = CACHE):
     from hyperpyyaml import load_hyperpyyaml
 
     if size in WHISPER_SIZES:
-        from recipes.whisper.pretrained import resolve_source
         from recipes.whisper.model import WindowedWhisper
+        from recipes.whisper.pretrained import resolve_source
         from recipes.whisper.random_init import save_random_whisper
 
         preset = WHISPER_SIZES[size]

@@ -39,17 +39,15 @@ from speechbrain.utils.distributed import ddp_broadcast, if_main_process, run_on
 
 from recipes.bookkeeping import (
     RunLock,
-    RunState,
     check_inputs,
     defer_until_accepted,
     describe_setting,
-    fault_point,
     figure_run_options,
     figure_settings,
     input_fingerprint,
 )
-from recipes.common import write_json
-from recipes.io import write_bytes, write_text
+from recipes.io import write_bytes, write_json, write_text
+from recipes.resumption import RunState, fault_point
 
 logger = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@
 - ``input_fingerprint`` / ``check_inputs``: what a run was built from (base weights,
   data contents, settings, code), recorded in ``inputs.json``; a rerun or
   continuation whose inputs differ stops and names what changed.
-- ``RunState``, ``CompleteCheckpointer``, ``fault_point``: exact resumption after a
-  kill at any moment, checked checkpoints and fault injection, defined in
-  :mod:`recipes.resumption` and named here too (the YAMLs use these names).
+
+Exact resumption after a kill (``RunState``, ``CompleteCheckpointer``, ``fault_point``)
+is :mod:`recipes.resumption`.
 
 Authors
  * speech-adapters contributors 2026
@@ -30,11 +30,7 @@ from typing import Any
 
 import torch
 
-from recipes.common import write_json
-from recipes.io import sha256_file, sha256_json
-
-# Defined in recipes.resumption; the YAMLs and the recipes name them here.
-from recipes.resumption import CompleteCheckpointer, RunState, fault_point  # noqa: F401
+from recipes.io import sha256_file, sha256_json, write_json
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,12 +12,12 @@ import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 
 from recipes.bookkeeping import (
-    CompleteCheckpointer,
     RunLock,
     check_inputs,
     data_fingerprint,
     settings_fingerprint,
 )
+from recipes.resumption import CompleteCheckpointer
 
 
 def dataset(tmp_path, values) -> DynamicItemDataset:

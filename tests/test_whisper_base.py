@@ -14,8 +14,8 @@ import torch
 
 from recipes.packages import PackageError
 from recipes.whisper import packaged_base
-from recipes.whisper.pretrained import PACKAGED_BASE, resolve_source
 from recipes.whisper.packaged_base import PinnedMember, convert_packaged_base
+from recipes.whisper.pretrained import PACKAGED_BASE, resolve_source
 
 TEXT = "please leave a message after the tone and we will call you back"
 

@@ -42,10 +42,10 @@ from recipes.adaptation import (
     setup_experiment,
 )
 from recipes.audio import crop_batch, crop_starts, load_audio
-from recipes.bookkeeping import sha256_json
 from recipes.common import load_manifest
 from recipes.corpus.trials import read_trials, speaker_group, write_trials
 from recipes.inference import MODEL_FOLDERS, model_inference_folder, trained_files
+from recipes.io import sha256_json
 from recipes.speaker.model import (
     PARTIAL_FRAMES,
     PARTIAL_SAMPLES,
