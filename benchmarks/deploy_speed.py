@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Serving speed, side by side: one Whisper run with its LoRA adapter, served five ways.
+"""Serving speed, side by side: one Whisper run with its LoRA adapter, served six ways.
 
 On the CPU, in one run, the same recordings (real speech: the main job's manifests) go
 through
@@ -12,7 +12,11 @@ through
 - ``ct2-float32`` and ``ct2-int8``: faster-whisper on the run's CTranslate2 export
   (``python -m recipes.export RUN --to ctranslate2 OUT --quantization float32|int8``),
   greedy (beam 1, temperature 0, no fallback), English, no VAD, no timestamps, no previous
-  text, at most as many tokens per 30 s window as our greedy search decodes.
+  text, at most as many tokens per 30 s window as our greedy search decodes;
+- ``ct2-int8-batched``: the same int8 export through CTranslate2's own ``generate`` with
+  ``--batch-size`` files per call (faster-whisper's model, feature extractor and tokenizer;
+  the same prompt, token cap and suppressed tokens), as a server batching requests would;
+  recordings longer than one 30 s window are refused on this path.
 
 Each configuration runs in a process of its own (spawned: a fresh interpreter), which
 loads its model, transcribes every file once untimed (the warm-up, whose transcripts are
@@ -63,7 +67,7 @@ from measure import STALL_LIMIT, cpu_stall_us, rss_peak_kib, write_results
 
 #: The five configurations, in the order of the table.
 PYTORCH = ("merged", "unmerged", "mixed")
-CTRANSLATE2 = {"ct2-float32": "float32", "ct2-int8": "int8"}
+CTRANSLATE2 = {"ct2-float32": "float32", "ct2-int8": "int8", "ct2-int8-batched": "int8"}
 CONFIGS = (*PYTORCH, *CTRANSLATE2)
 #: The issue's targets: int8 faster-whisper serves at least 3x the merged PyTorch
 #: throughput, with a WER within 0.5 points of it.
@@ -213,6 +217,8 @@ def ctranslate2_server(config: str, spec: dict[str, Any]) -> Callable[[], list[s
     from faster_whisper import WhisperModel
 
     quantization = CTRANSLATE2[config]
+    if config.endswith("-batched"):
+        return ctranslate2_batched_server(config, spec)
     model = WhisperModel(
         spec["ctranslate2"][quantization], device="cpu", compute_type=quantization,
         cpu_threads=spec["threads"], num_workers=1,
@@ -231,6 +237,52 @@ def ctranslate2_server(config: str, spec: dict[str, Any]) -> Callable[[], list[s
                 log_prob_threshold=None, no_speech_threshold=None, max_new_tokens=cap,
             )  # fmt: skip
             texts.append(" ".join(s.text.strip() for s in segments if s.text.strip()))
+        return texts
+
+    return serve
+
+
+def ctranslate2_batched_server(config: str, spec: dict[str, Any]) -> Callable[[], list[str]]:
+    """A pass of CTranslate2's ``Whisper.generate`` over the recordings, ``batch_size`` files
+    per call, each file one padded 30 s window of faster-whisper's features."""
+    import ctranslate2
+    import numpy as np
+    from faster_whisper import WhisperModel
+    from faster_whisper.audio import decode_audio, pad_or_trim
+    from faster_whisper.tokenizer import Tokenizer
+    from faster_whisper.transcribe import get_suppressed_tokens
+
+    model = WhisperModel(
+        spec["ctranslate2"][CTRANSLATE2[config]], device="cpu",
+        compute_type=CTRANSLATE2[config], cpu_threads=spec["threads"], num_workers=1,
+    )  # fmt: skip
+    multilingual = model.model.is_multilingual
+    tokenizer = Tokenizer(model.hf_tokenizer, multilingual, task="transcribe", language="en")
+    prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+    cap = spec["max_new_tokens"][4 if multilingual else 2]
+    suppressed = get_suppressed_tokens(tokenizer, [-1])  # faster-whisper's default set
+    frames = model.feature_extractor.nb_max_frames
+    recordings: list[Recording] = spec["recordings"]
+    if long := [r.id for r in recordings if r.seconds > model.feature_extractor.chunk_length]:
+        raise BenchmarkError(
+            f"{config} decodes one 30 s window per file; {len(long)} recording(s) are longer "
+            f"({', '.join(long[:3])}): give shorter ones, or --limit."
+        )
+
+    def serve() -> list[str]:
+        texts: list[str] = []
+        for start in range(0, len(recordings), spec["batch_size"]):
+            batch = recordings[start : start + spec["batch_size"]]
+            features = np.stack(
+                [pad_or_trim(model.feature_extractor(decode_audio(r.wav))[..., :frames])
+                 for r in batch]
+            )  # fmt: skip
+            results = model.model.generate(
+                ctranslate2.StorageView.from_array(np.ascontiguousarray(features)),
+                [prompt] * len(batch), beam_size=1, max_length=len(prompt) + cap,
+                suppress_blank=True, suppress_tokens=suppressed,
+            )  # fmt: skip
+            texts += [tokenizer.decode(r.sequences_ids[0]).strip() for r in results]
         return texts
 
     return serve
@@ -425,7 +477,12 @@ def verdict(table: list[dict]) -> dict[str, Any]:
     merged, int8 = entry["merged"], entry["ct2-int8"]
     speedup = int8["audio_s_per_s"] / merged["audio_s_per_s"]
     wer_points = int8["wer"] - merged["wer"]
+    batched = entry["ct2-int8-batched"]
     return {
+        "int8_batched_vs_merged_throughput": round(
+            batched["audio_s_per_s"] / merged["audio_s_per_s"], 3
+        ),
+        "int8_batched_minus_merged_wer_points": round(batched["wer"] - merged["wer"], 2),
         "int8_vs_merged_throughput": round(speedup, 3),
         "speedup_target": TARGET_SPEEDUP,
         "speedup_met": speedup >= TARGET_SPEEDUP,
@@ -465,7 +522,9 @@ def verdict_text(checks: dict[str, Any]) -> str:
         f"int8 / merged throughput: {checks['int8_vs_merged_throughput']:.2f}x "
         f"(target >= {TARGET_SPEEDUP:g}x: {met[checks['speedup_met']]}); "
         f"WER int8 - merged: {checks['int8_minus_merged_wer_points']:+.2f} points "
-        f"(target within {TARGET_WER_POINTS:g}: {met[checks['wer_met']]})"
+        f"(target within {TARGET_WER_POINTS:g}: {met[checks['wer_met']]}); "
+        f"batched int8 / merged: {checks['int8_batched_vs_merged_throughput']:.2f}x, "
+        f"WER {checks['int8_batched_minus_merged_wer_points']:+.2f} points"
     )
 
 
