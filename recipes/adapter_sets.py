@@ -15,6 +15,7 @@ Authors
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import importlib
@@ -41,6 +42,28 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 #: The name that chooses the base model, without adapters.
 BASE = "none"
+
+
+def add_source_arguments(parser: argparse.ArgumentParser, column: bool = True) -> None:
+    """The options every inference command shares: SOURCE, ``--base``, ``--adapter`` and
+    (for commands reading manifests per file) ``--adapter_column``.
+
+    Example
+    -------
+    >>> parser = argparse.ArgumentParser()
+    >>> add_source_arguments(parser)
+    >>> args = parser.parse_args(["run", "--adapter", "v=a.safetensors", "--adapter", "none"])
+    >>> args.source, args.base, args.adapter, args.adapter_column
+    ('run', None, ['v=a.safetensors', 'none'], 'adapter')
+    """
+    parser.add_argument("source", help="run folder, inference folder, or adapter file (--base)")
+    parser.add_argument("--base", help="the base of an adapter file given as SOURCE")
+    parser.add_argument(
+        "--adapter", action="append", default=[], metavar="NAME=PATH|NAME",
+        help="load an adapter set by name (repeatable); NAME alone: the default ('none': the base)",
+    )  # fmt: skip
+    if column:
+        parser.add_argument("--adapter_column", default="adapter", help="manifest column: adapter")
 
 
 def adapter_spec(adapter_file: str | os.PathLike) -> type:

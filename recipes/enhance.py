@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from recipes.adapter_sets import (
     adapted_model_of,
+    add_source_arguments,
     assign_adapters,
     batches,
     can_mix,
@@ -157,15 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m recipes.enhance", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("source", help="run folder, inference folder, or adapter file (--base)")
+    add_source_arguments(parser)
     parser.add_argument("inputs", nargs="+", metavar="IN", help="audio files, folders, manifests")
     parser.add_argument("--output-dir", required=True, help="folder the enhanced files go to")
-    parser.add_argument("--base", help="the base of an adapter file given as SOURCE")
-    parser.add_argument(
-        "--adapter", action="append", default=[], metavar="NAME=PATH|NAME",
-        help="load an adapter set by name (repeatable); NAME alone: the default ('none': the base)",
-    )  # fmt: skip
-    parser.add_argument("--adapter_column", default="adapter", help="manifest column: adapter")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--batch_size", type=int, default=4, help="files enhanced at once")
     parser.add_argument("--device", default="cpu")

@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from recipes.adapter_sets import (
     adapted_model_of,
+    add_source_arguments,
     assign_adapters,
     batches,
     can_mix,
@@ -166,14 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m recipes.segment", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("source", help="run folder, inference folder, or adapter file (--base)")
+    add_source_arguments(parser)
     parser.add_argument("audio", nargs="+", help="audio files, folders or CSV manifests")
-    parser.add_argument("--base", help="the base of an adapter file given as SOURCE")
-    parser.add_argument(
-        "--adapter", action="append", default=[], metavar="NAME=PATH|NAME",
-        help="load an adapter set by name (repeatable); NAME alone: the default ('none': the base)",
-    )  # fmt: skip
-    parser.add_argument("--adapter_column", default="adapter", help="manifest column: adapter")
     parser.add_argument("--output", help="segments, one row each (.csv or .jsonl)")
     parser.add_argument("--manifest", help="a manifest with a speech column (.csv)")
     parser.add_argument("--threshold", type=float, help="speech probability (default: the run's)")

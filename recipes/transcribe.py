@@ -50,6 +50,7 @@ import torch
 from recipes.adapter_sets import (
     adapted_model_of,
     adapter_spec,
+    add_source_arguments,
     batches,
     can_mix,
     choice_error,
@@ -381,14 +382,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m recipes.transcribe",
         description="Transcribe audio with a run's model (its adapters, or none).",
     )
-    parser.add_argument("source", help="run folder, inference folder, or adapter file (--base)")
+    add_source_arguments(parser)
     parser.add_argument("audio", nargs="+", help="audio files, folders or CSV manifests")
-    parser.add_argument("--base", help="the base for an adapter file given as SOURCE")
-    parser.add_argument(
-        "--adapter", action="append", default=[], metavar="NAME=PATH|NAME",
-        help="load an adapter set by name (repeatable); NAME alone: the default ('none': the base)",
-    )  # fmt: skip
-    parser.add_argument("--adapter_column", default="adapter", help="manifest column: adapter")
     parser.add_argument("--output", help="write results to a .csv or .jsonl file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     parser.add_argument(

@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from recipes.adapter_sets import (
     adapted_model_of,
+    add_source_arguments,
     batches,
     choice_error,
     load_adapter_sets,
@@ -217,13 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m recipes.verify", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("source", help="run folder, inference folder, or adapter file (--base)")
+    add_source_arguments(parser, column=False)
     parser.add_argument("files", nargs="*", help="two recordings to compare")
-    parser.add_argument("--base", help="the base of an adapter file given as SOURCE")
-    parser.add_argument(
-        "--adapter", action="append", default=[], metavar="NAME=PATH|NAME",
-        help="load an adapter set by name (repeatable); NAME alone: embed with it ('none': the base)",
-    )  # fmt: skip
     parser.add_argument("--trials", help="a trial list: 'label enrol test' or 'enrol test' lines")
     parser.add_argument("--audio-root", default=".", help="folder the trial list's paths are in")
     parser.add_argument("--output", help="write the scores here (.csv or .jsonl)")
