@@ -159,6 +159,6 @@ job() {
 setup
 case "${1:-main}" in
     main | asr | speaker | enhancement | vad) job "${1:-main}" "${@:2}" ;;
-    tests) shift; "$PY" -m pytest -q "$@" ;;
+    tests) shift; "$PY" -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile "$@" ;;  # a test file per worker
     *) echo "usage: bash run.sh [main [--model tiny.en|base] | asr | speaker | enhancement | vad] [overrides...] | bash run.sh tests [pytest args...]" >&2; exit 2 ;;
 esac

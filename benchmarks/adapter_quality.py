@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from measure import write_results
+from paired_bootstrap import compare
 
 RECIPES = {
     "whisper": ROOT / "recipes" / "whisper" / "train.py",
@@ -219,6 +220,58 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def gaps(rows: list[dict], runs: Path) -> list[dict]:
+    """Each adapter configuration against full fine-tuning on every test set both scored:
+    mean-of-seeds WER and the relative gap with its paired bootstrap interval
+    (:mod:`paired_bootstrap`). Only when the folder holds one full configuration.
+    """
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(run_name(row["method"], row.get("rank"), row.get("lr")), []).append(row)
+    full = [name for name, group in groups.items() if group[0]["method"] == "full"]
+    if len(full) != 1:
+        return []
+    out = []
+    for name, group in groups.items():
+        if name == full[0]:
+            continue
+        for test_set in group[0].get("after", {}):
+            runs_a = [runs / r["name"] for r in group]
+            runs_f = [runs / r["name"] for r in groups[full[0]]]
+            if not all((run / "details" / f"{test_set}_after.txt").is_file()
+                       for run in runs_a + runs_f):  # fmt: skip
+                continue
+            found = {"adapter": name, "full": full[0], "set": test_set,
+                     "seeds": [len(runs_a), len(runs_f)]}  # fmt: skip
+            try:
+                found.update(compare(runs_a, runs_f, test_set))
+            except ValueError as error:  # e.g. runs of the folder made on other test sets
+                found["error"] = str(error)
+            out.append(found)
+    return out
+
+
+def gap_lines(found: list[dict]) -> str:
+    """The gaps as sentences under the table.
+
+    Example
+    -------
+    >>> print(gap_lines([{"adapter": "lora_r4", "full": "full", "set": "target", "seeds": [3, 3],
+    ...     "utterances": 300, "adapter_wer": 40.0, "full_wer": 38.0, "gap": 0.0526,
+    ...     "low": 0.01, "high": 0.1}]))
+    - lora_r4 vs full on target (300 utterances, 3/3 seeds): WER 40.00 vs 38.00, +5.3% relative (95% paired bootstrap +1.0% to +10.0%)
+    """
+    return "\n".join(
+        f"- {g['adapter']} vs {g['full']} on {g['set']}: not compared ({g['error']})"
+        if "error" in g
+        else f"- {g['adapter']} vs {g['full']} on {g['set']} ({g['utterances']} utterances, "
+        f"{g['seeds'][0]}/{g['seeds'][1]} seeds): WER {g['adapter_wer']:.2f} vs "
+        f"{g['full_wer']:.2f}, {100 * g['gap']:+.1f}% relative (95% paired bootstrap "
+        f"{100 * g['low']:+.1f}% to {100 * g['high']:+.1f}%)"
+        for g in found
+    )
+
+
 def plot(rows: list[dict], path: Path) -> None:
     """WER after adaptation vs trainable parameters (log x), one panel per test set."""
     import matplotlib
@@ -359,13 +412,15 @@ def main() -> None:
     rows = gather(runs)
     meta = {"recipe": args.recipe, "target": target, "quick": args.quick, "extra": extra,
             "validation_only": args.validation_only, "cpus": os.cpu_count()}  # fmt: skip
-    data = {"meta": meta, "runs": rows, "chosen": chosen_rates(rows)}
+    data = {"meta": meta, "runs": rows, "chosen": chosen_rates(rows), "gaps": gaps(rows, runs)}
     table = markdown(rows)
     if data["chosen"]:
         table += "\n\nChosen on the validation set (lowest WER): " + ", ".join(
             f"{name} lr {c['lr']:g} (valid WER {c['valid']:.1f}; tried {', '.join(f'{x:g}' for x in c['tried'])})"
             for name, c in data["chosen"].items()
         )
+    if data["gaps"]:
+        table += "\n\nAgainst full fine-tuning, mean of seeds:\n" + gap_lines(data["gaps"])
     write_results(Path(args.out), f"quality_{tag}", data, table, lambda p: plot(rows, p))
 
 

@@ -18,6 +18,10 @@ Draws what exists, each figure a small PNG (at most 200 KB):
   ``cost_<size>_<folder>.png``;
 - ``serving.png``: throughput of mixed-adapter batches and of switching adapters
   relative to one merged adapter, from ``serving.json``;
+- ``gap_whisper.png``: each adapter's relative WER gap to full fine-tuning (mean of
+  seeds) with its 95% paired bootstrap interval, per model and target, from the
+  ``gaps`` of the quality JSON in each ``--gaps`` folder (one folder per model, e.g.
+  ``results/study/tiny.en``), against the 5% target;
 - ``curve_<recipe>_<target>.png``: validation WER after each epoch against training
   updates, one line per run of a multi-epoch sweep folder ``curve/quality_<recipe>_<target>/``
   (read from the runs' ``train_log.txt``; updates per epoch from ``--updates-per-epoch``).
@@ -133,6 +137,33 @@ def serving_figure(file: Path, path: Path) -> Path:
     return _save(fig, path)
 
 
+def gap_figure(folders: list[Path], path: Path, target: float = 0.05) -> Path | None:
+    """Relative WER gap to full fine-tuning with its interval, one row per model, target
+    and adapter configuration (from the quality JSON's ``gaps``)."""
+    rows = []
+    for folder in folders:
+        for file in sorted(folder.glob("quality_*.json")):
+            data = json.loads(file.read_text())
+            for gap in data.get("gaps", []):
+                if gap["set"] == "target" and "gap" in gap:
+                    label = f"{folder.name} {data['meta']['target']}: {gap['adapter']}"
+                    rows.append((label, gap["gap"], gap["low"], gap["high"], gap["seeds"][0]))
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 0.4 * len(rows) + 1.3))
+    labels = [f"{label} ({seeds} seeds)" for label, *_, seeds in rows]
+    values = [100 * r[1] for r in rows]
+    errors = [[100 * (r[1] - r[2]) for r in rows], [100 * (r[3] - r[1]) for r in rows]]
+    ax.errorbar(values, labels, xerr=errors, fmt="o", color="#4c72b0", capsize=3)
+    ax.axvline(0.0, color="k", lw=0.8)
+    ax.axvline(100 * target, color="#c44e52", ls="--", lw=0.8, label=f"target: {target:.0%}")
+    ax.set_xlabel("adapter WER / full fine-tuning WER - 1 (%), 95% paired bootstrap")
+    ax.invert_yaxis()
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def epoch_curve(train_log: Path) -> list[tuple[int, float]]:
     """``(epoch, valid WER)`` of every epoch in a SpeechBrain ``train_log.txt``.
 
@@ -169,12 +200,19 @@ def curve_figure(folder: Path, path: Path, updates_per_epoch: int) -> Path:
 
 
 def draw_all(
-    results: Path, out: Path, updates_per_epoch: int = 50, runs: list[Path] | None = None
+    results: Path,
+    out: Path,
+    updates_per_epoch: int = 50,
+    runs: list[Path] | None = None,
+    gaps: list[Path] | None = None,
 ) -> list[Path]:
     """Every figure whose JSON exists under ``results`` (and of the recipe run folders
-    ``runs``, e.g. ``results/whisper``); returns the PNGs written."""
+    ``runs``, e.g. ``results/whisper``, and the quality studies ``gaps``); returns the
+    PNGs written."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    if gaps and (figure := gap_figure(gaps, out / "gap_whisper.png")):
+        written.append(figure)
     for recipe in ("whisper", "asr"):
         files = sorted(results.glob(f"quality_{recipe}_*.json"))
         panels = []
@@ -210,9 +248,11 @@ def main() -> None:
                         help="of the learning-curve runs (Whisper's defaults: 400 / 8)")  # fmt: skip
     parser.add_argument("--runs", nargs="*", default=[],
                         help="recipe run folders to plot too (e.g. results/whisper)")  # fmt: skip
+    parser.add_argument("--gaps", nargs="*", default=[],
+                        help="quality-study folders, one per model (e.g. results/study/tiny.en)")  # fmt: skip
     args = parser.parse_args()
     written = draw_all(Path(args.results), Path(args.out), args.updates_per_epoch,
-                       [Path(r) for r in args.runs])  # fmt: skip
+                       [Path(r) for r in args.runs], [Path(g) for g in args.gaps])  # fmt: skip
     if not written:
         raise SystemExit(f"No benchmark JSON under {args.results}: run the benchmarks first.")
     for path in written:

@@ -35,7 +35,7 @@ from typing import Any
 import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml, resolve_references
-from speechbrain.utils.distributed import ddp_broadcast, if_main_process, run_on_main
+from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, if_main_process, run_on_main
 
 from recipes.bookkeeping import (
     RunLock,
@@ -76,6 +76,8 @@ def setup_experiment(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
+    if torch.distributed.is_initialized():  # runs last, after the handlers below
+        atexit.register(_leave_process_group)
     with open(hparams_file) as handle:
         hparams = load_hyperpyyaml(handle, overrides)
     hparams["run_options"] = figure_run_options(run_opts, hparams)
@@ -92,6 +94,17 @@ def setup_experiment(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
         )
         defer_until_accepted(folder, hparams["run_options"], write)
     return hparams, run_opts
+
+
+def _leave_process_group() -> None:
+    """Close this process's DDP group before the interpreter shuts down.
+
+    Left to interpreter teardown, gloo's destructor can abort a process whose peer has
+    already exited (SIGABRT after the run finished); :func:`run_adaptation` ends with a
+    barrier, so no process is inside a collective when the group is closed here.
+    """
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _staging_folder() -> str:
@@ -581,6 +594,23 @@ def run_adaptation(
         What ``summary.json`` holds: parameter counts, adapters, before/after
         error rates per test set, training time, adapter file size.
     """
+    summary = _adapt(brain, hparams, model, train_set, valid_set, test_sets, data_report,
+                     write_inference)  # fmt: skip
+    ddp_barrier()  # every process leaves together, after the main one has written
+    return summary
+
+
+def _adapt(
+    brain: AdaptationBrain,
+    hparams: dict[str, Any],
+    model: torch.nn.Module,
+    train_set,
+    valid_set,
+    test_sets: dict,
+    data_report: dict | None,
+    write_inference: Callable[[AdaptationBrain, dict[str, Any]], os.PathLike] | None,
+) -> dict[str, Any]:
+    """The body of :func:`run_adaptation` (same arguments and result)."""
     folder = hparams["output_folder"]
     adapted = hparams.get("adapted_model")
     datasets = {

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,6 +134,11 @@ def test_quality_sweep_runs_each_configuration_and_plots(tmp_path):
         "lora_r2": {"lr": best, "valid": valid[best], "tried": [0.001, 0.002]}
     }
     assert "Chosen on the validation set" in table[1]
+    # each LoRA rate against the one full run, on each test set, paired over utterances
+    assert sorted((g["adapter"], g["set"]) for g in data["gaps"]) == [
+        (f"lora_r2_lr{lr}", name) for lr in ("0.001", "0.002") for name in ("source", "target")
+    ]
+    assert all(g.get("utterances") == 2 or "no error" in g.get("error", "") for g in data["gaps"])
     # finished configurations are not run again...
     again = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=3600)
     assert again.stdout.count("done already") == 3
@@ -152,6 +158,48 @@ def test_quality_sweep_runs_each_configuration_and_plots(tmp_path):
 
     # a learning-rate sweep runs under its own names and passes the rate to the recipe
     assert logged_lr("lora_r2_lr0.002") == pytest.approx(2 * logged_lr("lora_r2_lr0.001"), rel=1e-2)
+
+
+def _details(run: Path, errors: list[int], words: list[int], ids: list[str] | None = None):
+    """A run folder whose ``details/target_after.txt`` scores utterances like ErrorRateStats."""
+    ids = ids or [f"utt-{i}" for i in range(len(errors))]
+    lines = [f"%WER 0.00 [ {sum(errors)} / {sum(words)}, 0 ins, 0 del, 0 sub ]", "=" * 20]
+    for i, e, w in zip(ids, errors, words, strict=True):
+        lines += [f"{i}, %WER {100 * e / w:.2f} [ {e} / {w}, 0 ins, 0 del, {e} sub ]", " a ", "="]
+    (run / "details").mkdir(parents=True)
+    (run / "details" / "target_after.txt").write_text("\n".join(lines) + "\n")
+    return run
+
+
+def test_paired_bootstrap_averages_seeds_and_pairs_utterances(tmp_path):
+    """The adapter misses one more word than full fine-tuning on every fifth utterance: the
+    gap is exact, and pairing makes its interval exclude zero although the utterances'
+    own error rates vary widely; runs of other utterances are refused."""
+    import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 6, size=300)
+    words = (base + rng.integers(4, 12, size=300)).tolist()
+    extra = (np.arange(300) % 5 == 0).astype(int)
+    full = [_details(tmp_path / f"full_s{s}", base.tolist(), words) for s in (1, 2)]
+    # two adapter seeds whose mean is base + extra: one has 2 x extra, the other none
+    lora = [_details(tmp_path / "lora_s1", (base + 2 * extra).tolist(), words),
+            _details(tmp_path / "lora_s2", base.tolist(), words)]  # fmt: skip
+    result = paired_bootstrap.compare(lora, full, "target", resamples=2000)
+    assert result["utterances"] == 300
+    assert result["full_wer"] == pytest.approx(100 * base.sum() / sum(words), abs=0.01)
+    assert result["gap"] == pytest.approx(extra.sum() / base.sum(), abs=1e-4)
+    assert 0 < result["low"] < result["gap"] < result["high"]
+    other = _details(tmp_path / "elsewhere", base.tolist(), words, [f"x-{i}" for i in range(300)])
+    with pytest.raises(ValueError, match="not comparable"):
+        paired_bootstrap.compare([full[0], other], lora, "target")
+    script = ROOT / "benchmarks" / "paired_bootstrap.py"
+    printed = subprocess.run([sys.executable, str(script), "--adapter", *map(str, lora),
+                              "--full", *map(str, full), "--resamples", "500"],
+                             check=True, capture_output=True, text=True).stdout  # fmt: skip
+    assert (
+        printed.startswith("300 utterances;") and f"{100 * result['gap']:+.1f}% relative" in printed
+    )
 
 
 def test_quality_sweep_refuses_a_method_the_recipe_has_no_yaml_for(tmp_path):
@@ -278,9 +326,16 @@ def test_figures_are_drawn_from_the_benchmark_json_and_stay_small(tmp_path):
         (run / "train_log.txt").write_text("".join(
             f"epoch: {e}, lr: 1e-3 - train loss: 1.0 - valid loss: 1.0, valid WER: {w}\n"
             for e, w in enumerate(wers, start=1)))  # fmt: skip
+    study = tmp_path / "study" / "tiny.en"  # a quality study: gaps to full fine-tuning
+    study.mkdir(parents=True)
+    gap = {"adapter": "lora_r4", "full": "full", "set": "target", "seeds": [3, 3],
+           "gap": 0.08, "low": 0.02, "high": 0.15}  # fmt: skip
+    (study / "quality_whisper_noisy.json").write_text(
+        json.dumps({"meta": {"target": "noisy"}, "runs": [], "gaps": [gap]})
+    )
     out = tmp_path / "figures"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "figures.py"), "--results", str(results),
-           "--out", str(out)]  # fmt: skip
+           "--out", str(out), "--gaps", str(study)]  # fmt: skip
     result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=3600)
     assert result.returncode == 0, result.stderr[-3000:]
     pngs = sorted(p.name for p in out.glob("*.png"))
@@ -288,13 +343,14 @@ def test_figures_are_drawn_from_the_benchmark_json_and_stay_small(tmp_path):
         "cost_20m.png",
         "cost_20m_bf16.png",
         "curve_whisper_noisy.png",
+        "gap_whisper.png",
         "quality_whisper.png",
         "serving.png",
     ]
     assert all(0 < (out / p).stat().st_size <= 200_000 for p in pngs)
     assert (out / "cost_20m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # nothing to draw is an error, not an empty success
-    empty = subprocess.run([*cmd[:3], str(tmp_path / "none"), *cmd[4:]], check=False,
+    empty = subprocess.run([*cmd[:3], str(tmp_path / "none"), *cmd[4:6]], check=False,
                            capture_output=True, text=True, timeout=3600)  # fmt: skip
     assert empty.returncode != 0 and "No benchmark JSON" in empty.stderr
 
@@ -346,7 +402,9 @@ def test_deploy_speed_serves_one_run_six_ways_and_refuses_what_it_cannot_measure
         }  # fmt: skip
     # merged and unmerged serve the same adapter: the same words (mixed: half on the base)
     assert data["transcripts"]["merged"] == data["transcripts"]["unmerged"]
-    assert table["merged"]["speedup"] == 1.0 and "int8_batched_vs_merged_throughput" in data["checks"]
+    assert (
+        table["merged"]["speedup"] == 1.0 and "int8_batched_vs_merged_throughput" in data["checks"]
+    )
     assert "int8 / merged throughput" in result.stdout
     assert (tmp_path / "out" / "results.md").read_text().count("\n") == 2 + 6
     # an unfinished run (no inference folder yet) and a missing manifest are refused

@@ -167,12 +167,13 @@ def test_lora_learns_a_set_it_can_overfit(runs, tmp_path):
     out = tmp_path / "overfit"
     run(
         str(TRAIN), "hparams/lora_whisper.yaml", *common, "--lr=0.02", "--number_of_epochs=10",
-        "--test_utterances=8", f"--test_sets={{target: {corpus / 'noisy_train.csv'}}}",
+        "--test_utterances=8", f"--test_sets={{target: {corpus / 'noisy_train.csv'}, source: null}}",
         f"--before_cache={tmp_path / 'before.json'}", f"--output_folder={out}",
     )  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
     losses = epoch_losses(out / "train_log.txt")
     assert len(losses) == 10 and losses[-1] < losses[0] - 0.2
+    assert set(summary["after"]) == {"target"}  # the source set was left out (null)
     assert summary["after"]["target"]["WER"] < summary["before"]["target"]["WER"] - 20
 
 

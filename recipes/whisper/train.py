@@ -134,6 +134,7 @@ def dataio_prepare(hparams, tokenizer, real_sets: dict[str, str]):
     tests = {
         name: load(path, hparams["test_utterances"])
         for name, path in (hparams["test_sets"] or {}).items()
+        if path is not None  # "--test_sets={source: null}" leaves a set out
     }
     # Real recordings longer than the evaluation window would be cut: leave them out.
     for name, path in real_sets.items():
