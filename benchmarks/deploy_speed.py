@@ -12,7 +12,10 @@ through
 - ``ct2-float32`` and ``ct2-int8``: faster-whisper on the run's CTranslate2 export
   (``python -m recipes.export RUN --to ctranslate2 OUT --quantization float32|int8``),
   greedy (beam 1, temperature 0, no fallback), English, no VAD, no timestamps, no previous
-  text, at most as many tokens per 30 s window as our greedy search decodes;
+  text, at most as many tokens per 30 s window as our greedy search decodes; a clip
+  shorter than 30 s is padded with zeros to the window first (``--pad audio``, the
+  default: the features Whisper and our path compute; ``--pad features`` leaves
+  faster-whisper to pad the clip's features with zeros, its own default);
 - ``ct2-int8-batched``: the same int8 export through CTranslate2's own ``generate`` with
   ``--batch-size`` files per call (faster-whisper's model, feature extractor and tokenizer;
   the same prompt, token cap and suppressed tokens), as a server batching requests would;
@@ -34,6 +37,7 @@ transcribes one file at a time, the PyTorch path ``--batch-size`` windows at a t
     python benchmarks/deploy_speed.py                          # results/whisper/lora/noisy
     python benchmarks/deploy_speed.py --run results/whisper-base/lora/noisy --figure
     python benchmarks/deploy_speed.py --limit 20 --repeats 1   # a quick look
+    python benchmarks/deploy_speed.py --pad features           # faster-whisper's own padding
     python benchmarks/deploy_speed.py --smoke --output-dir /tmp/smoke   # tiny random run
 
 Authors
@@ -211,6 +215,20 @@ def pytorch_server(config: str, spec: dict[str, Any]) -> Callable[[], list[str]]
     return serve
 
 
+def padded_audio(wav: str, window: int, pad: str):
+    """The recording as faster-whisper's 16 kHz float array; with ``pad="audio"`` a clip
+    shorter than the window is padded with zeros to it, as Whisper's (and our) feature
+    extraction pads, so faster-whisper computes the window's features from audio instead
+    of padding the clip's features with zeros (docs/deploy.md#serving-speed)."""
+    import numpy as np
+    from faster_whisper.audio import decode_audio
+
+    audio = decode_audio(wav)
+    if pad == "audio" and len(audio) < window:
+        audio = np.pad(audio, (0, window - len(audio)))
+    return audio
+
+
 def ctranslate2_server(config: str, spec: dict[str, Any]) -> Callable[[], list[str]]:
     """A pass of faster-whisper over the recordings, one file at a time, decoding as our
     greedy search decodes (see the module docstring)."""
@@ -226,12 +244,14 @@ def ctranslate2_server(config: str, spec: dict[str, Any]) -> Callable[[], list[s
     prompt = 4 if model.model.is_multilingual else 2  # + language and task tokens
     cap = spec["max_new_tokens"][prompt]
     recordings: list[Recording] = spec["recordings"]
+    window = model.feature_extractor.n_samples
 
     def serve() -> list[str]:
         texts = []
         for recording in recordings:
             segments, _ = model.transcribe(
-                recording.wav, language="en", task="transcribe", beam_size=1,
+                padded_audio(recording.wav, window, spec["pad"]), language="en",
+                task="transcribe", beam_size=1,
                 temperature=0.0, vad_filter=False, without_timestamps=True,
                 condition_on_previous_text=False, compression_ratio_threshold=None,
                 log_prob_threshold=None, no_speech_threshold=None, max_new_tokens=cap,
@@ -273,10 +293,14 @@ def ctranslate2_batched_server(config: str, spec: dict[str, Any]) -> Callable[[]
         texts: list[str] = []
         for start in range(0, len(recordings), spec["batch_size"]):
             batch = recordings[start : start + spec["batch_size"]]
-            features = np.stack(
-                [pad_or_trim(model.feature_extractor(decode_audio(r.wav))[..., :frames])
-                 for r in batch]
-            )  # fmt: skip
+            extract = model.feature_extractor
+            if spec["pad"] == "audio":  # the window's features computed on padded audio
+                features = np.stack([extract(padded_audio(r.wav, extract.n_samples, "audio"),
+                                             padding=0)[..., :frames] for r in batch])  # fmt: skip
+            else:  # faster-whisper's way: the clip's features, padded with zeros
+                features = np.stack(
+                    [pad_or_trim(extract(decode_audio(r.wav))[..., :frames]) for r in batch]
+                )
             results = model.model.generate(
                 ctranslate2.StorageView.from_array(np.ascontiguousarray(features)),
                 [prompt] * len(batch), beam_size=1, max_length=len(prompt) + cap,
@@ -651,6 +675,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2,
                         help="threads of every configuration (torch, CTranslate2's cpu_threads)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8, help="PyTorch path: windows a batch")
+    parser.add_argument("--pad", choices=("audio", "features"), default="audio",
+                        help="CTranslate2 rows: pad a short clip's audio to the 30 s window "
+                        "(as Whisper and our path do) or its features (faster-whisper's "
+                        "default)")  # fmt: skip
     parser.add_argument("--limit", type=int, default=None,
                         help="the first N recordings of each manifest (default: all)")  # fmt: skip
     parser.add_argument("--output-dir", default=None,
@@ -684,7 +712,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"{len(recordings)} recordings, {audio_s:.1f} s of audio; {run}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     spec = {**settings, "run": str(run), "recordings": recordings, "threads": args.threads,
-            "batch_size": args.batch_size}  # fmt: skip
+            "batch_size": args.batch_size, "pad": args.pad}  # fmt: skip
     quantizations = list(CTRANSLATE2.values())
     transcripts, rows, peaks = measure(
         spec, args.repeats, lambda: export_ctranslate2(run, out, quantizations)
@@ -701,7 +729,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     meta = {"run": str(run), "base": settings["base_source"], "smoke": args.smoke,
             "manifests": [str(m) for m in manifests], "recordings": len(recordings),
             "audio_s": round(audio_s, 2), "limit": args.limit, "repeats": args.repeats,
-            "threads": args.threads, "batch_size": args.batch_size,
+            "threads": args.threads, "batch_size": args.batch_size, "pad": args.pad,
             "window_s": settings["window_s"], "max_tokens_per_window": settings["max_tokens"],
             "memory": "VmHWM (peak resident set) of each configuration's own spawned process",
             "cpus": os.cpu_count(), "torch": torch.__version__,

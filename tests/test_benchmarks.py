@@ -375,6 +375,20 @@ def test_lora_overhead_profile_accounts_for_layers_and_saved_inputs(tmp_path):
     assert "LoRA − floor" in (tmp_path / "lora_overhead_tiny.md").read_text()
 
 
+def test_deploy_speed_pads_a_short_clips_audio_to_the_window_unless_told_not_to(tmp_path):
+    import deploy_speed
+    import soundfile
+
+    short, long = tmp_path / "short.wav", tmp_path / "long.wav"
+    soundfile.write(short, np.full(8000, 0.25, dtype=np.float32), 16000)
+    soundfile.write(long, np.full(40000, 0.25, dtype=np.float32), 16000)
+    padded = deploy_speed.padded_audio(str(short), 32000, "audio")
+    assert padded.shape == (32000,) and np.all(padded[8000:] == 0)
+    assert np.allclose(padded[:8000], 0.25, atol=1e-4)  # the clip itself is untouched
+    assert deploy_speed.padded_audio(str(short), 32000, "features").shape == (8000,)
+    assert deploy_speed.padded_audio(str(long), 32000, "audio").shape == (40000,)
+
+
 def test_deploy_speed_serves_one_run_six_ways_and_refuses_what_it_cannot_measure(tmp_path):
     """The serving-speed benchmark end to end on a tiny random Whisper run with a LoRA
     (three short synthetic files, one timed pass): six configurations, each with a
@@ -400,8 +414,11 @@ def test_deploy_speed_serves_one_run_six_ways_and_refuses_what_it_cannot_measure
         assert math.isfinite(entry["wer"]) and set(entry["wer_by_manifest"]) == {
             "smoke_a", "smoke_b"
         }  # fmt: skip
-    # merged and unmerged serve the same adapter: the same words (mixed: half on the base)
+    # merged and unmerged serve the same adapter: the same words (mixed: half on the base);
+    # faster-whisper on clips padded to the window (the default) gives ours in float32
     assert data["transcripts"]["merged"] == data["transcripts"]["unmerged"]
+    assert data["meta"]["pad"] == "audio"
+    assert data["transcripts"]["ct2-float32"] == data["transcripts"]["merged"]
     assert (
         table["merged"]["speedup"] == 1.0 and "int8_batched_vs_merged_throughput" in data["checks"]
     )
