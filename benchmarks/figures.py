@@ -3,6 +3,7 @@
 
     python benchmarks/figures.py                        # results/benchmarks -> docs/figures
     python benchmarks/figures.py --results results/benchmarks --out docs/figures --runs results/whisper
+    python benchmarks/figures.py --gaps results/study/tiny.en results/study/base   # gap_whisper.png only
 
 Draws what exists, each figure a small PNG (at most 200 KB):
 
@@ -242,7 +243,9 @@ def draw_all(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", default="results/benchmarks", help="the benchmarks' JSON")
+    parser.add_argument("--results", default=None,
+                        help="the benchmarks' JSON (default results/benchmarks; with --gaps "
+                        "alone, only the gap figure is drawn)")  # fmt: skip
     parser.add_argument("--out", default="docs/figures")
     parser.add_argument("--updates-per-epoch", type=int, default=50,
                         help="of the learning-curve runs (Whisper's defaults: 400 / 8)")  # fmt: skip
@@ -251,10 +254,19 @@ def main() -> None:
     parser.add_argument("--gaps", nargs="*", default=[],
                         help="quality-study folders, one per model (e.g. results/study/tiny.en)")  # fmt: skip
     args = parser.parse_args()
-    written = draw_all(Path(args.results), Path(args.out), args.updates_per_epoch,
-                       [Path(r) for r in args.runs], [Path(g) for g in args.gaps])  # fmt: skip
+    gaps = [Path(g) for g in args.gaps]
+    if args.results is None and gaps and not args.runs:  # the quality study's figure alone
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        figure = gap_figure(gaps, out / "gap_whisper.png")
+        written = [figure] if figure else []
+    else:
+        results = Path(args.results or "results/benchmarks")
+        written = draw_all(results, Path(args.out), args.updates_per_epoch,
+                           [Path(r) for r in args.runs], gaps)  # fmt: skip
     if not written:
-        raise SystemExit(f"No benchmark JSON under {args.results}: run the benchmarks first.")
+        where = args.results or ", ".join(args.gaps) or "results/benchmarks"
+        raise SystemExit(f"No benchmark JSON under {where}: run the benchmarks first.")
     for path in written:
         print(f"{path} ({path.stat().st_size // 1024} KB)")
 

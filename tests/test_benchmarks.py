@@ -349,6 +349,11 @@ def test_figures_are_drawn_from_the_benchmark_json_and_stay_small(tmp_path):
     ]
     assert all(0 < (out / p).stat().st_size <= 200_000 for p in pngs)
     assert (out / "cost_20m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --gaps alone draws the quality study's figure only
+    alone = tmp_path / "alone"
+    subprocess.run([*cmd[:2], "--out", str(alone), "--gaps", str(study)], check=True,
+                   capture_output=True, text=True, timeout=3600)  # fmt: skip
+    assert sorted(p.name for p in alone.glob("*.png")) == ["gap_whisper.png"]
     # nothing to draw is an error, not an empty success
     empty = subprocess.run([*cmd[:3], str(tmp_path / "none"), *cmd[4:6]], check=False,
                            capture_output=True, text=True, timeout=3600)  # fmt: skip
