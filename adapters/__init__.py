@@ -9,6 +9,7 @@ from adapters.base import Adapter
 from adapters.dora import DoRA
 from adapters.houlsby import Houlsby, HoulsbyAdapterLinear
 from adapters.lora import LoRA
+from adapters.loraplus import apply_lr_scales, loraplus_groups
 from adapters.peft_bridge import peft_adapter
 from adapters.peft_format import PeftFormatError, load_peft, save_peft
 from adapters.pool_lora import PoolLoRA
@@ -23,8 +24,10 @@ __all__ = [
     "LoRA",
     "PeftFormatError",
     "PoolLoRA",
+    "apply_lr_scales",
     "base_fingerprint",
     "load_peft",
+    "loraplus_groups",
     "peft_adapter",
     "read_adapter_metadata",
     "save_peft",

@@ -14,7 +14,6 @@ Authors
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import re
 from collections import Counter
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 
 from adapters.bank import AdapterBank
-from adapters.base import Adapter, is_mergeable
+from adapters.base import Adapter, accepted_kwargs, is_mergeable
 from adapters.selection import as_patterns, select_layers
 from adapters.state import AdapterCheckpoints
 from adapters.targets import adapt_parameter, parameter_targets, remove_parameter_adapters
@@ -35,26 +34,6 @@ logger = logging.getLogger(__name__)
 
 def _name(factory: object) -> str:
     return getattr(factory, "__name__", type(factory).__name__)
-
-
-def _accepted_kwargs(factory: Callable[..., Any]) -> list[str] | None:
-    """Keyword names ``factory`` takes after the layer, following ``**kwargs`` up
-    the class hierarchy; None when it takes any."""
-    if isinstance(factory, type):
-        inits = [c.__dict__["__init__"] for c in factory.__mro__ if "__init__" in c.__dict__]
-    else:
-        inits = [factory]
-    names: list[str] = []
-    for init in inits:
-        try:
-            params = list(inspect.signature(init).parameters.values())
-        except (TypeError, ValueError):
-            return None
-        names += [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            layer_arg = names[1] if isinstance(factory, type) else names[0]
-            return [n for n in dict.fromkeys(names) if n not in ("self", layer_arg)]
-    return None
 
 
 def _check_mergeable(name: str, adapter: nn.Module) -> None:
@@ -130,7 +109,7 @@ class AdaptedModel(AdapterCheckpoints, AdapterBank):
         self.adapted_model = model_to_adapt
         self.adapter_class = adapter_class
         self.adapter_kwargs = dict(adapter_kwargs or {})
-        accepted = _accepted_kwargs(adapter_class)
+        accepted = accepted_kwargs(adapter_class)
         unknown = sorted(set(self.adapter_kwargs) - set(accepted or self.adapter_kwargs))
         if unknown:
             raise TypeError(

@@ -11,6 +11,10 @@ Authors
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -129,3 +133,32 @@ class Adapter(nn.Module):
 
     def extra_repr(self) -> str:
         return "merged=True" if self.merged else ""
+
+
+def accepted_kwargs(factory: Callable[..., Any]) -> list[str] | None:
+    """Keyword names ``factory`` (an adapter class or function) takes after the layer,
+    following ``**kwargs`` up the class hierarchy; None when it takes any.
+
+    Example
+    -------
+    >>> class Scaled(nn.Module):
+    ...     def __init__(self, layer: nn.Module, scale: float = 1.0) -> None:
+    ...         super().__init__()
+    >>> accepted_kwargs(Scaled), accepted_kwargs(lambda layer, **kwargs: layer)
+    (['scale'], None)
+    """
+    if isinstance(factory, type):
+        inits = [c.__dict__["__init__"] for c in factory.__mro__ if "__init__" in c.__dict__]
+    else:
+        inits = [factory]
+    names: list[str] = []
+    for init in inits:
+        try:
+            params = list(inspect.signature(init).parameters.values())
+        except (TypeError, ValueError):
+            return None
+        names += [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            layer_arg = names[1] if isinstance(factory, type) else names[0]
+            return [n for n in dict.fromkeys(names) if n not in ("self", layer_arg)]
+    return None

@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from speechbrain.utils import checkpoints
 from torch import nn
 
-from adapters.base import Adapter, within
+from adapters.base import Adapter, accepted_kwargs, within
 
 FORMAT = "speech-adapters/2"
 _FIRST_FORMAT = "speech-adapters/1"
@@ -329,11 +329,9 @@ class AdapterCheckpoints(nn.Module):
         >>> meta["settings"]["alpha"], meta["scaling"]
         (2.0, {'0': 1.0})
         """
-        from adapters.adapted_model import _accepted_kwargs
-
         adapters = self.adapters() if self.inserted else {}
         first = adapters[min(adapters)] if adapters else None
-        names = _accepted_kwargs(self.adapter_class) or list(self.adapter_kwargs)
+        names = accepted_kwargs(self.adapter_class) or list(self.adapter_kwargs)
         settings = {}
         for name in names:
             value = getattr(first, name, self.adapter_kwargs.get(name))

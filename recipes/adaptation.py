@@ -37,6 +37,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, if_main_process, run_on_main
 
+from adapters.loraplus import apply_lr_scales, loraplus_groups
 from recipes.bookkeeping import (
     RunLock,
     check_inputs,
@@ -253,14 +254,20 @@ class AdaptationBrain(sb.Brain):
             )
 
     def init_optimizers(self) -> None:
-        """Optimise only trainable parameters (the adapters, for adapted models)."""
+        """Optimise only trainable parameters (the adapters, for adapted models).
+
+        With ``loraplus_lr_ratio`` in the hparams (LoRA+), LoRA's B matrices form a
+        second group whose rate is that many times the others' (:mod:`adapters.loraplus`).
+        """
         params = [p for p in self.modules.parameters() if p.requires_grad]
         if not params:
             raise ValueError(
                 "The model has no trainable parameter: check adapter_class, target_layers and "
                 "unfrozen_layers (or the freeze options of the model)."
             )
-        self.optimizer = self.opt_class(params)
+        ratio = getattr(self.hparams, "loraplus_lr_ratio", 1.0)
+        self.optimizer = self.opt_class(loraplus_groups(self.modules, ratio))
+        apply_lr_scales(self.optimizer)
         self.optimizers_dict = {"opt_class": self.optimizer}
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
@@ -331,6 +338,7 @@ class AdaptationBrain(sb.Brain):
         scheduler = getattr(self.hparams, "lr_annealing", None)
         if should_step and scheduler is not None:
             scheduler(self.optimizer)
+            apply_lr_scales(self.optimizer)  # the scheduler gave every group one rate
 
     #: Figures of an evaluation stage (``summarize_metrics``), the one that selects the best
     #: checkpoint (and whether lower is better), and the decimals they are reported with.

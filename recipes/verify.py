@@ -1,8 +1,9 @@
 """Speaker verification with what a run of ``recipes/speaker/train.py`` trained.
 
     python -m recipes.verify results/speaker/lora/telephone a.wav b.wav
-    python -m recipes.verify results/speaker/lora/telephone --trials trials.txt \\
-        --audio-root data/corpus --output scores.csv
+    python -m recipes.verify results/speaker/lora/telephone \\
+        --trials results/speaker/lora/telephone/trials/target.txt \\
+        --audio-root data/corpus/telephone/test --output scores.csv
     python -m recipes.verify results/speaker/lora/telephone a.wav b.wav --adapter none
     python -m recipes.verify adapter.safetensors a.wav b.wav --base encoder.safetensors
     python -m recipes.verify results/speaker/lora/telephone a.wav b.wav \\

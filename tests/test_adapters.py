@@ -723,3 +723,43 @@ def test_a_foreign_adapter_that_claims_to_merge_must_say_how():
     Claims.mergeable = False
     model = AdaptedModel(nn.Sequential(nn.Linear(2, 2)), Claims, all_linear=True)
     assert model.unmergeable_adapters() == {"0": "Claims"}
+
+
+def test_loraplus_trains_b_faster_through_a_scheduler_and_refuses_what_has_no_b():
+    """LoRA+: one SGD step moves B ratio x farther than plain LoRA does and A the same;
+    B's rate stays ratio x the others' through every scheduler step; no B is refused."""
+    from speechbrain.nnet.schedulers import NoamScheduler
+
+    from adapters import apply_lr_scales, loraplus_groups
+
+    def adapted() -> nn.Module:
+        torch.manual_seed(0)
+        model = nn.Sequential(LoRA(nn.Linear(6, 5), rank=2), nn.LayerNorm(5))
+        with torch.no_grad():
+            model[0].lora_B.fill_(0.1)  # so that A gets a gradient too
+        return model
+
+    x = torch.randn(4, 6)
+    moved = {}
+    for ratio in (1.0, 8.0):
+        model = adapted()
+        start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        optimizer = torch.optim.SGD(loraplus_groups(model, ratio), lr=0.5)
+        apply_lr_scales(optimizer)
+        model(x).pow(2).sum().backward()
+        optimizer.step()
+        moved[ratio] = {n: p.detach() - start[n] for n, p in model.named_parameters() if n in start}
+        scheduler = NoamScheduler(lr_initial=0.5, n_warmup_steps=3)
+        for _ in range(4):
+            scheduler(optimizer)
+            apply_lr_scales(optimizer)
+            rates = [group["lr"] for group in optimizer.param_groups]
+            assert rates == pytest.approx([rates[0], ratio * rates[0]][: len(rates)])
+        assert len(optimizer.param_groups) == (1 if ratio == 1 else 2)
+    assert torch.allclose(moved[8.0]["0.lora_B"], 8 * moved[1.0]["0.lora_B"], atol=1e-6)
+    assert moved[1.0]["0.lora_B"].abs().max() > 0
+    assert torch.allclose(moved[8.0]["0.lora_A"], moved[1.0]["0.lora_A"], atol=1e-7)
+    with pytest.raises(ValueError, match="no trainable LoRA B matrix"):
+        loraplus_groups(nn.Sequential(Houlsby(nn.Linear(6, 6), projection_size=2)), 8.0)
+    with pytest.raises(ValueError, match="must be positive"):
+        loraplus_groups(adapted(), 0.0)

@@ -156,6 +156,23 @@ def test_every_adapter_yaml_adapts_whisper(runs, method):
     assert size == summary["adapter_file_bytes"] > 0
 
 
+def test_loraplus_ratio_reaches_the_optimizer_and_is_checkpointed(runs, tmp_path):
+    """--loraplus_lr_ratio 16: B's group trains at 16x the rate of A's, through the Noam
+    schedule, and the checkpointed optimizer says so (a resume keeps it)."""
+    out = tmp_path / "loraplus"
+    run(str(TRAIN), "hparams/lora_whisper.yaml", *runs["common"], "--loraplus_lr_ratio=16",
+        f"--output_folder={out}")  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["loraplus_lr_ratio"] == 16
+    (checkpoint,) = (out / "save").glob("CKPT*/optimizer.ckpt")
+    groups = torch.load(checkpoint, weights_only=True)["param_groups"]
+    assert [g.get("lr_scale") for g in groups] == [None, 16.0]
+    assert groups[1]["lr"] == pytest.approx(16 * groups[0]["lr"]) and groups[0]["lr"] > 0
+    # every adapted layer's B is in the fast group, every A in the other
+    layers = int(summary["adapters"].split(" on ")[1].split()[0])
+    assert len(groups[1]["params"]) == len(groups[0]["params"]) == layers
+
+
 def test_lora_learns_a_set_it_can_overfit(runs, tmp_path):
     """Trained and tested on the same 8 utterances: the loss falls and the WER too."""
     corpus = runs["tmp"] / "corpus"
