@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The cost benchmark on one GPU, in one prepared run (under 8 minutes on an H100/H200-class
-# card): the 20M Conformer CTC and a Whisper of small's dimensions (~240M, random weights),
+# card): the 20M Conformer CTC, Whisper base (72.6M: the real weights when converted here in
+# pretrained/whisper-base, else a random Whisper of base's dimensions, the same step cost:
+# the GPU machine has no network and its 145 MB do not fit what is carried to it) and a
+# Whisper of small's dimensions (~240M, random weights),
 # full fine-tuning, the frozen-backward floor, our LoRA, SpeechBrain's and PEFT's, each step
 # timed in fp32 and under bf16 autocast, peak device memory read with
-# torch.cuda.max_memory_allocated. Writes cost_20m.{json,md,png} and cost_whisper-small.* to
+# torch.cuda.max_memory_allocated. Writes cost_20m.{json,md,png}, cost_whisper-small.* and
+# cost_whisper-base[-random].* to
 # $OUT (the device tool's output folder) or results/benchmarks/gpu.
 #
 #   bash benchmarks/gpu_check.sh            # PYTHON=... to choose the interpreter
@@ -31,3 +35,9 @@ echo "gpu_check: 20m done after $((SECONDS - start)) s"
 "$PY" benchmarks/adapter_cost.py --device cuda --bf16 --size whisper-small --methods $METHODS \
     --repeats 2 --steps 5 --batch 4 --window 30 --out "$OUT_DIR"
 echo "gpu_check: whisper-small done after $((SECONDS - start)) s"
+BASE=whisper-base-random
+if [ -f pretrained/whisper-base/model.safetensors ]; then BASE=whisper-base; fi
+echo "gpu_check: Whisper base as $BASE"
+"$PY" benchmarks/adapter_cost.py --device cuda --bf16 --size $BASE --methods $METHODS \
+    --repeats 3 --steps 5 --batch 8 --window 30 --out "$OUT_DIR"
+echo "gpu_check: $BASE done after $((SECONDS - start)) s"

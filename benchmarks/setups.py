@@ -26,6 +26,7 @@ SIZES = {  # overrides of hparams/pretrain_asr.yaml
 WHISPER_SIZES = {  # size -> model source (recipes.whisper): packaged weights or a random preset
     "whisper-tiny": "packaged",
     "whisper-base": "packaged-base",  # 72.6M, multilingual, converted into <cache>/whisper-base
+    "whisper-base-random": "base",  # base's dimensions, random weights (the same step cost)
     "whisper-small": "small",
     "whisper-test": "tiny-test",
 }
