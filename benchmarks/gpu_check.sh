@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The cost benchmark on one GPU, in one prepared run (under 8 minutes on an H100/H200-class
-# card): the 20M Conformer CTC, Whisper base (72.6M: the real weights when converted here in
+# card before Whisper base was added; base has not run on a GPU yet): the 20M Conformer CTC,
+# Whisper base (72.6M: the real weights when converted here in
 # pretrained/whisper-base, else a random Whisper of base's dimensions, the same step cost:
 # the GPU machine has no network and its 145 MB do not fit what is carried to it) and a
 # Whisper of small's dimensions (~240M, random weights),
