@@ -152,14 +152,14 @@ def gap_figure(folders: list[Path], path: Path, target: float = 0.05) -> Path | 
     if not rows:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 0.4 * len(rows) + 1.3))
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.4))
     labels = [f"{label} ({seeds} seeds)" for label, *_, seeds in rows]
     values = [100 * r[1] for r in rows]
     errors = [[100 * (r[1] - r[2]) for r in rows], [100 * (r[3] - r[1]) for r in rows]]
     ax.errorbar(values, labels, xerr=errors, fmt="o", color="#4c72b0", capsize=3)
     ax.axvline(0.0, color="k", lw=0.8)
     ax.axvline(100 * target, color="#c44e52", ls="--", lw=0.8, label=f"target: {target:.0%}")
-    ax.set_xlabel("adapter WER / full fine-tuning WER - 1 (%), 95% paired bootstrap")
+    ax.set_xlabel("adapter WER / full WER - 1 (%); bars: 95% paired bootstrap")
     ax.invert_yaxis()
     ax.legend(fontsize=7)
     return _save(fig, path)
