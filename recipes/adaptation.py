@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import date
-from functools import partial
+from functools import partial, wraps
 from pathlib import Path
 from typing import Any
 
@@ -563,6 +563,20 @@ def _evaluate_before(
     return results
 
 
+def _leaving_together(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function``, followed by a DDP barrier on success: every process leaves together,
+    after the main one has written (:func:`_leave_process_group` then closes the group)."""
+
+    @wraps(function)
+    def leave_together(*args: Any, **kwargs: Any) -> Any:
+        result = function(*args, **kwargs)
+        ddp_barrier()
+        return result
+
+    return leave_together
+
+
+@_leaving_together
 def run_adaptation(
     brain: AdaptationBrain,
     hparams: dict[str, Any],
@@ -602,23 +616,6 @@ def run_adaptation(
         What ``summary.json`` holds: parameter counts, adapters, before/after
         error rates per test set, training time, adapter file size.
     """
-    summary = _adapt(brain, hparams, model, train_set, valid_set, test_sets, data_report,
-                     write_inference)  # fmt: skip
-    ddp_barrier()  # every process leaves together, after the main one has written
-    return summary
-
-
-def _adapt(
-    brain: AdaptationBrain,
-    hparams: dict[str, Any],
-    model: torch.nn.Module,
-    train_set,
-    valid_set,
-    test_sets: dict,
-    data_report: dict | None,
-    write_inference: Callable[[AdaptationBrain, dict[str, Any]], os.PathLike] | None,
-) -> dict[str, Any]:
-    """The body of :func:`run_adaptation` (same arguments and result)."""
     folder = hparams["output_folder"]
     adapted = hparams.get("adapted_model")
     datasets = {
