@@ -23,7 +23,7 @@ from torch import nn
 
 from adapters.base import CONV_TYPES, LINEAR_TYPES, Adapter
 
-_INITS = ("kaiming", "gaussian")
+_INITS = ("kaiming", "gaussian", "eva")
 _CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 #: Dtypes ``saved_input_dtype`` accepts, by their YAML names.
 SAVED_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -302,7 +302,10 @@ class LoRA(Adapter):
     use_rslora : bool
         Scale by ``alpha / sqrt(rank)`` instead of ``alpha / rank``.
     init : str
-        ``A``'s initialisation: ``"kaiming"`` (uniform) or ``"gaussian"`` (std ``1 / rank``).
+        ``A``'s initialisation: ``"kaiming"`` (uniform), ``"gaussian"`` (std ``1 / rank``)
+        or ``"eva"``: the principal directions of the layer's inputs on target data, set
+        by :class:`adapters.data_init.InputMoments` before training (kaiming until then;
+        the recipes do it when they see this value).
     freeze_a : bool
         LoRA-FA (Zhang et al. 2023, https://arxiv.org/abs/2308.03303): ``A`` stays at its
         random initialisation (not trained, still saved with the adapter), so backward
@@ -382,10 +385,11 @@ class LoRA(Adapter):
         self.lora_B = nn.Parameter(
             torch.zeros(weight.shape[0], rank, *(1,) * len(kernel), **factory)
         )
-        if init == "kaiming":
-            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        else:
+        self.init = init
+        if init == "gaussian":
             nn.init.normal_(self.lora_A, std=1.0 / rank)
+        else:  # "eva" starts here too, until InputMoments sets A from data
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.lora_A.requires_grad_(not self.freeze_a)
 
     # Hooks for variants that map the input before A: its size, the map, A composed with it.

@@ -37,6 +37,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, if_main_process, run_on_main
 
+from adapters.data_init import InputMoments, data_initialised_layers
 from adapters.loraplus import apply_lr_scales, loraplus_groups
 from recipes.bookkeeping import (
     RunLock,
@@ -457,6 +458,70 @@ class AdaptationBrain(sb.Brain):
         return results
 
 
+def initialise_from_data(
+    brain: AdaptationBrain, hparams: dict[str, Any], train_set
+) -> dict[str, Any] | None:
+    """Set the ``A`` of every LoRA adapter with ``init: eva`` from the training data
+    (:mod:`adapters.data_init`); return what it used, for ``summary.json``.
+
+    The first ``data_init_batches`` batches of the training set (in file order, the
+    validation loader's batch size) go through ``compute_forward`` as in training
+    (``Stage.TRAIN``: what training sees, e.g. Whisper's teacher forcing), with the
+    modules in eval mode and no gradients, seeded so a rerun gets the same ``A``.
+    Skipped (``None``) when no adapter asks for it. When a checkpoint exists the
+    resumed run takes its adapters from the checkpoint: the report is read back from
+    ``data_init.json``, written when ``A`` was set.
+    """
+    adapted = hparams.get("adapted_model")
+    if adapted is None or not data_initialised_layers(adapted):
+        return None
+    record = os.path.join(hparams["output_folder"], "data_init.json")
+    if brain.checkpointer is not None and brain.checkpointer.list_checkpoints():
+        if os.path.exists(record):
+            with open(record, encoding="utf-8") as handle:
+                return json.load(handle)
+        return None
+    batches = int(hparams.get("data_init_batches", 8))
+    if batches < 1:
+        raise ValueError(
+            f"data_init_batches is {batches}: init: eva needs at least one training batch "
+            "to find each layer's input directions. Set data_init_batches to 1 or more, or "
+            "choose another init in adapter_kwargs."
+        )
+    loader_kwargs = {**hparams["valid_loader"], "shuffle": False}
+    loader = sb.dataio.dataloader.make_dataloader(train_set, **loader_kwargs)
+    sb.utils.seed_everything(hparams["seed"])
+    was_training = brain.modules.training
+    brain.modules.eval()
+    used = 0
+    with InputMoments(adapted) as moments, torch.no_grad():
+        for batch in loader:
+            if used == batches:
+                break
+            brain.compute_forward(batch, sb.Stage.TRAIN)
+            used += 1
+    shares = moments.initialise()
+    brain.modules.train(was_training)
+    if moments.skipped:
+        logger.warning(
+            "init: eva: %d convolution adapter(s) keep their random A (e.g. %s).",
+            len(moments.skipped),
+            moments.skipped[0],
+        )
+    report = {
+        "method": "eva",
+        "batches": used,
+        "layers": len(shares),
+        "tokens_per_layer_min": min(moments.tokens.values()),
+        "energy_share_mean": round(sum(shares.values()) / len(shares), 4),
+        "energy_share_min": round(min(shares.values()), 4),
+    }
+    logger.info("A set from the training data's input directions: %s", report)
+    if if_main_process():
+        write_json(record, report)
+    return report
+
+
 def has_batch_norm(module: torch.nn.Module) -> bool:
     """Whether ``module`` holds a BatchNorm layer.
 
@@ -675,6 +740,9 @@ def run_adaptation(
 
     if hparams.get("evaluate_before", False):
         summary["before"] = _evaluate_before(brain, hparams, test_sets, inputs)
+    data_init = initialise_from_data(brain, hparams, train_set)
+    if data_init is not None:
+        summary["data_init"] = data_init
 
     brain.fit(
         hparams["epoch_counter"],

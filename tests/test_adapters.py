@@ -763,3 +763,65 @@ def test_loraplus_trains_b_faster_through_a_scheduler_and_refuses_what_has_no_b(
         loraplus_groups(nn.Sequential(Houlsby(nn.Linear(6, 6), projection_size=2)), 8.0)
     with pytest.raises(ValueError, match="must be positive"):
         loraplus_groups(adapted(), 0.0)
+
+
+# ------------------------------------------------------------- data-aware init (EVA-style)
+def _inputs_with_known_directions(features: int = 12, tokens: int = 4000):
+    """Inputs whose energy lies along known orthonormal directions, widest first."""
+    generator = torch.Generator().manual_seed(0)
+    basis, _ = torch.linalg.qr(torch.randn(features, features, generator=generator))
+    scales = torch.tensor([6.0, 4.0, 3.0] + [0.5] * (features - 3))
+    x = (torch.randn(tokens, features, generator=generator) * scales) @ basis.t()
+    return x.reshape(40, -1, features), basis, scales
+
+
+def test_eva_sets_a_to_the_inputs_top_directions_and_leaves_the_model_exact():
+    from adapters.data_init import InputMoments
+
+    x, basis, scales = _inputs_with_known_directions()
+    model = nn.Sequential(LoRA(nn.Linear(12, 7), rank=3, init="eva"), nn.ReLU(),
+                          LoRA(nn.Linear(7, 5), rank=2))  # fmt: skip
+    before = model(x)
+    with InputMoments(model) as moments:
+        model(x[:20])
+        model(x[20:])
+    report = moments.initialise()
+    a = model[0].lora_A.detach()
+    # the rows span the three widest directions (up to sign and rotation within them)
+    torch.testing.assert_close((a @ basis[:, :3]).abs().sum(1), torch.ones(3), atol=0.05, rtol=0)
+    torch.testing.assert_close(a @ a.t(), torch.eye(3), atol=1e-5, rtol=0)
+    energy = scales.pow(2)
+    assert list(report) == ["0"] and moments.tokens["0"] == 4000
+    assert report["0"] == pytest.approx(float(energy[:3].sum() / energy.sum()), abs=0.02)
+    assert torch.equal(model(x), before)  # B is still zero: still the pretrained model
+    model(x)  # the hooks are gone after the block
+    assert moments.tokens["0"] == 4000
+
+
+def test_eva_covers_pooled_inputs_skips_convolutions_and_refuses_unreached_layers():
+    from adapters.data_init import InputMoments
+
+    x, _, _ = _inputs_with_known_directions()
+    pooled = PoolLoRA(nn.Linear(12, 6), rank=2, stride=2, init="eva")
+    conv = LoRA(nn.Conv1d(3, 4, kernel_size=3), rank=2, init="eva")
+    conv_a = conv.lora_A.detach().clone()
+    with InputMoments(nn.ModuleList([pooled, conv])) as moments:
+        pooled(x)
+    assert moments.skipped == ["1"] and list(moments.layers) == ["0"]
+    moments.initialise()
+    assert pooled.lora_A.shape == (2, 6)  # A acts on the pooled features
+    torch.testing.assert_close(pooled.lora_A @ pooled.lora_A.t(), torch.eye(2), atol=1e-5, rtol=0)
+    assert torch.equal(conv.lora_A, conv_a)  # a convolution keeps its random A
+
+    unreached = nn.ModuleDict({"used": LoRA(nn.Linear(12, 4), rank=2, init="eva"),
+                               "idle": LoRA(nn.Linear(12, 4), rank=2, init="eva")})  # fmt: skip
+    with InputMoments(unreached) as moments:
+        unreached["used"](x)
+    with pytest.raises(RuntimeError, match="no input for 1 adapted layer.*'idle'"):
+        moments.initialise()
+    with InputMoments(unreached["used"], every_lora=False) as moments:
+        pass
+    assert list(moments.layers) == [""]
+    plain = LoRA(nn.Linear(12, 4), rank=2)
+    assert not InputMoments(plain).layers
+    assert list(InputMoments(plain, every_lora=True).layers) == [""]

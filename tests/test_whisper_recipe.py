@@ -173,6 +173,43 @@ def test_loraplus_ratio_reaches_the_optimizer_and_is_checkpointed(runs, tmp_path
     assert len(groups[1]["params"]) == len(groups[0]["params"]) == layers
 
 
+def test_eva_init_sets_a_from_the_training_inputs_and_survives_a_kill(runs, tmp_path):
+    """--lora_init=eva with LoRA-FA: every adapted layer's A is set from the training
+    batches (orthonormal rows, the inputs' top directions) and, frozen, is what the
+    adapter file holds; killed in its second epoch, the rerun resumes from the checkpoint
+    and ends with the same summary (the data_init report included) and adapter."""
+    from safetensors.torch import load_file
+
+    args = [str(TRAIN), "hparams/lora_whisper.yaml", *runs["common"], "--lora_init=eva",
+            "--freeze_a=True", "--data_init_batches=1", "--number_of_epochs=2"]  # fmt: skip
+    run(*args, f"--output_folder={tmp_path / 'reference'}")
+    summary = json.loads((tmp_path / "reference" / "summary.json").read_text())
+    layers = int(summary["adapters"].split(" on ")[1].split()[0])
+    report = summary["data_init"]
+    assert report["layers"] == layers and report["batches"] == 1
+    assert 0 < report["energy_share_min"] <= report["energy_share_mean"] <= 1
+    saved = load_file(tmp_path / "reference" / "adapter.safetensors")
+    a_matrices = [t for k, t in saved.items() if k.endswith("lora_A")]
+    assert len(a_matrices) == layers
+    for a in a_matrices:  # frozen at the data's directions: orthonormal rows
+        torch.testing.assert_close(a @ a.t(), torch.eye(a.shape[0]), atol=1e-5, rtol=0)
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SPEECH_ADAPTERS_FAULT": "train_batch:3"}
+    killed = subprocess.run(
+        [sys.executable, *args, f"--output_folder={tmp_path / 'killed'}"],
+        env=env, cwd=ROOT, capture_output=True, timeout=3600, check=False,
+    )  # fmt: skip
+    assert killed.returncode == -9
+    run(*args, f"--output_folder={tmp_path / 'killed'}")
+    resumed = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    for figures in (summary, resumed):
+        figures.pop("train_time_s")
+    assert resumed == summary
+    assert (tmp_path / "killed" / "adapter.safetensors").read_bytes() == (
+        tmp_path / "reference" / "adapter.safetensors"
+    ).read_bytes()
+
+
 def test_lora_learns_a_set_it_can_overfit(runs, tmp_path):
     """Trained and tested on the same 8 utterances: the loss falls and the WER too."""
     corpus = runs["tmp"] / "corpus"
