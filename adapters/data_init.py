@@ -9,8 +9,12 @@ With ``freeze_a`` (LoRA-FA) the low-rank update then learns on those directions.
 Here the directions are the top eigenvectors of the uncentred second moment
 ``E[x x^T]`` of the inputs seen by ``A`` (after PoolLoRA's pooling): the rank-r
 subspace that keeps the most of ``||x||^2``, i.e. the top right singular vectors
-of the stacked inputs. ``A``'s rows become those unit vectors. Convolution
-adapters keep their random ``A`` (their inputs are patches, not tokens).
+of the stacked inputs. ``A``'s rows are those vectors, all scaled alike so that
+``E||A x||^2`` is what the default random ``A`` gives (kaiming-uniform, entries of
+variance ``1 / (3 in)``): the projection is no larger, so a learning rate chosen
+for random ``A`` still applies (unit rows, as in EVA, make it over ten times larger
+on Whisper's layers, and lr 4e-3 diverged). Convolution adapters keep their random
+``A`` (their inputs are patches, not tokens).
 
 Usage: ``with InputMoments(model) as moments:`` run a few target batches through
 the model (no gradients needed), then ``moments.initialise()``.
@@ -86,7 +90,7 @@ class InputMoments:
         self.tokens: dict[str, int] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def __enter__(self) -> InputMoments:
+    def __enter__(self) -> InputMoments:  # noqa: PYI034 (Python 3.10 has no typing.Self)
         for name, layer in self.layers.items():
             self._handles.append(layer.register_forward_pre_hook(self._hook(name)))
         return self
@@ -112,8 +116,9 @@ class InputMoments:
 
     def initialise(self) -> dict[str, float]:
         """Set each hooked layer's ``A`` to the top-``rank`` eigenvectors of its inputs'
-        second moment (unit rows, largest first); return ``{layer: share of the inputs'
-        energy in that subspace}``. A layer that saw no input is an error.
+        second moment (largest first, orthogonal rows of equal norm, scaled to random
+        ``A``'s ``E||A x||^2``); return ``{layer: share of the inputs' energy in that
+        subspace}``. A layer that saw no input, or only zeros, is an error.
 
         Under ``torch.distributed``, rank 0's result is broadcast so every process
         starts from the same ``A``.
@@ -128,10 +133,18 @@ class InputMoments:
         report = {}
         for name, layer in self.layers.items():
             values, vectors = torch.linalg.eigh(self.moments[name])  # ascending
-            top = vectors[:, -layer.rank :].flip(1).t()  # [rank, in], largest first
-            total = values.clamp_min(0).sum()
-            share = values[-layer.rank :].clamp_min(0).sum() / total if total > 0 else 0.0
-            report[name] = float(share)
+            values = values.clamp_min(0)
+            total, kept = values.sum(), values[-layer.rank :].sum()
+            if not kept > 0:
+                raise RuntimeError(
+                    f"init: eva: the inputs of {name!r} were all zero in the batches run, so "
+                    "they have no direction to start A on. Run batches of real data."
+                )
+            features = vectors.shape[0]
+            # kaiming-uniform A: E||A x||^2 = rank E||x||^2 / (3 in); unit rows give kept / n
+            scale = torch.sqrt(layer.rank * total / (3 * features * kept))
+            top = vectors[:, -layer.rank :].flip(1).t() * scale  # [rank, in], largest first
+            report[name] = float(kept / total)
             with torch.no_grad():
                 layer.lora_A.copy_(top.reshape(layer.lora_A.shape).to(layer.lora_A.dtype))
         if torch.distributed.is_available() and torch.distributed.is_initialized():

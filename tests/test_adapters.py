@@ -788,8 +788,14 @@ def test_eva_sets_a_to_the_inputs_top_directions_and_leaves_the_model_exact():
     report = moments.initialise()
     a = model[0].lora_A.detach()
     # the rows span the three widest directions (up to sign and rotation within them)
-    torch.testing.assert_close((a @ basis[:, :3]).abs().sum(1), torch.ones(3), atol=0.05, rtol=0)
-    torch.testing.assert_close(a @ a.t(), torch.eye(3), atol=1e-5, rtol=0)
+    norm = a.norm(dim=1)[0]
+    torch.testing.assert_close((a @ basis[:, :3]).abs().sum(1) / norm, torch.ones(3), atol=0.05,
+                               rtol=0)  # fmt: skip
+    torch.testing.assert_close(a @ a.t(), norm**2 * torch.eye(3), atol=1e-6, rtol=0)
+    # scaled so the projection is as large as with kaiming's random A: rank E|x|^2 / (3 in)
+    flat = x.reshape(-1, 12)
+    projected = float((flat @ a.t()).pow(2).sum(1).mean())
+    assert projected == pytest.approx(float(3 * flat.pow(2).sum(1).mean() / (3 * 12)), rel=1e-4)
     energy = scales.pow(2)
     assert list(report) == ["0"] and moments.tokens["0"] == 4000
     assert report["0"] == pytest.approx(float(energy[:3].sum() / energy.sum()), abs=0.02)
@@ -810,7 +816,8 @@ def test_eva_covers_pooled_inputs_skips_convolutions_and_refuses_unreached_layer
     assert moments.skipped == ["1"] and list(moments.layers) == ["0"]
     moments.initialise()
     assert pooled.lora_A.shape == (2, 6)  # A acts on the pooled features
-    torch.testing.assert_close(pooled.lora_A @ pooled.lora_A.t(), torch.eye(2), atol=1e-5, rtol=0)
+    gram = pooled.lora_A @ pooled.lora_A.t()
+    torch.testing.assert_close(gram, gram[0, 0] * torch.eye(2), atol=1e-6, rtol=0)
     assert torch.equal(conv.lora_A, conv_a)  # a convolution keeps its random A
 
     unreached = nn.ModuleDict({"used": LoRA(nn.Linear(12, 4), rank=2, init="eva"),
@@ -818,6 +825,11 @@ def test_eva_covers_pooled_inputs_skips_convolutions_and_refuses_unreached_layer
     with InputMoments(unreached) as moments:
         unreached["used"](x)
     with pytest.raises(RuntimeError, match="no input for 1 adapted layer.*'idle'"):
+        moments.initialise()
+    silent = LoRA(nn.Linear(12, 4), rank=2, init="eva")
+    with InputMoments(silent) as moments:
+        silent(torch.zeros(5, 12))
+    with pytest.raises(RuntimeError, match="all zero"):
         moments.initialise()
     with InputMoments(unreached["used"], every_lora=False) as moments:
         pass
