@@ -435,11 +435,13 @@ def test_export_of_an_unfinished_run_says_to_finish_it(runs, tmp_path, capsys):
 
 
 def test_two_process_torchrun(runs, tmp_path):
-    """Two gloo processes: one summary, one adapter, one inference folder, from rank 0."""
+    """Two gloo processes: one summary, one adapter, one inference folder, from rank 0;
+    with A set from the data (init: eva, broadcast from rank 0) and frozen."""
     out = tmp_path / "ddp"
     run_two_processes(
-        str(TRAIN), "hparams/lora_whisper.yaml",
-        *runs["common"], "--rank=4", "--number_of_epochs=1", f"--output_folder={out}",
+        str(TRAIN), "hparams/lora_whisper.yaml", *runs["common"], "--rank=4",
+        "--number_of_epochs=1", "--lora_init=eva", "--freeze_a=True", f"--output_folder={out}",
     )  # fmt: skip
     summary = written_once(out)
     assert summary["method"] == "lora" and "after" in summary
+    assert summary["data_init"]["batches"] >= 1
