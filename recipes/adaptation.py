@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from datetime import date
 from functools import partial, wraps
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -494,14 +495,14 @@ def initialise_from_data(
     was_training = brain.modules.training
     brain.modules.eval()
     used = 0
-    with InputMoments(adapted) as moments, torch.no_grad():
-        for batch in loader:
-            if used == batches:
-                break
-            brain.compute_forward(batch, sb.Stage.TRAIN)
-            used += 1
+    try:
+        with InputMoments(adapted) as moments, torch.no_grad():
+            for batch in islice(loader, batches):
+                brain.compute_forward(batch, sb.Stage.TRAIN)
+                used += 1
+    finally:
+        brain.modules.train(was_training)
     shares = moments.initialise()
-    brain.modules.train(was_training)
     if moments.skipped:
         logger.warning(
             "init: eva: %d convolution adapter(s) keep their random A (e.g. %s).",

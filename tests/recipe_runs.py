@@ -31,6 +31,15 @@ def run_failing(*args: str, cwd: Path = ROOT) -> str:
     return result.stdout + result.stderr
 
 
+def killed_at(point: str, *args: str) -> int:
+    """Run a Python command with the fault ``point`` (``SPEECH_ADAPTERS_FAULT``, e.g.
+    ``train_batch:3``: SIGKILL there); return its exit status (-9 when it was killed)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SPEECH_ADAPTERS_FAULT": point}
+    return subprocess.run(
+        [sys.executable, *args], check=False, env=env, cwd=ROOT, capture_output=True, timeout=3600
+    ).returncode
+
+
 def epoch_losses(train_log: Path) -> list[float]:
     """The training loss of every epoch, in order, from SpeechBrain's ``train_log.txt``."""
     import re

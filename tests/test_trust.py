@@ -7,8 +7,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ import soundfile
 import torch
 import yaml
 from conftest import ASR_TINY
-from recipe_runs import epoch_losses, run, run_failing
+from recipe_runs import epoch_losses, killed_at, run, run_failing
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "recipes" / "asr" / "train.py")
@@ -35,13 +33,6 @@ def lora(asr_base, out: Path, *extra: str) -> list[str]:
         *(a for a in defaults if a.split("=")[0] not in given),
         *extra,
     ]
-
-
-def killed(args: list[str], point: str) -> int:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SPEECH_ADAPTERS_FAULT": point}
-    return subprocess.run(
-        [sys.executable, *args], check=False, env=env, cwd=ROOT, capture_output=True, timeout=3600
-    ).returncode
 
 
 def digest(path: Path) -> str:
@@ -69,7 +60,7 @@ def test_kill_9_at_any_point_then_rerun_ends_with_the_same_figures(
     """Killed mid-checkpoint (files half written), mid-epoch 2, or after training: the
     rerun resumes and its summary and adapter bytes equal the uninterrupted run's."""
     out = tmp_path / "run"
-    assert killed(lora(asr_base, out), point) == -9
+    assert killed_at(point, *lora(asr_base, out)) == -9
     run(*lora(asr_base, out))
     assert figures(out) == figures(reference)
     assert digest(out / "adapter.safetensors") == digest(reference / "adapter.safetensors")
@@ -101,7 +92,7 @@ def test_kill_9_inside_any_step_of_a_checkpoint_save_then_rerun_ends_bit_exact(
     bytes of the uninterrupted run (which wrote no checkpoint inside its epochs)."""
     out = tmp_path / "run"
     args = lora(asr_base, out, "--ckpt_interval_steps=1")
-    assert killed(args, point) == -9
+    assert killed_at(point, *args) == -9
     run(*args)
     assert figures(out) == figures(reference)
     assert digest(out / "adapter.safetensors") == digest(reference / "adapter.safetensors")
@@ -147,7 +138,7 @@ def test_a_run_resumed_with_another_precision_is_refused(asr_base, reference, tm
     --fresh_start True trains again in bf16."""
     assert figures(reference)["settings"]["run_options"]["precision"] == "fp32"
     out = tmp_path / "run"
-    assert killed(lora(asr_base, out), "train_batch:5") == -9
+    assert killed_at("train_batch:5", *lora(asr_base, out)) == -9
     before = folder_contents(out)
     message = run_failing(*lora(asr_base, out, "--precision=bf16"))
     assert "precision: fp32 -> bf16" in message and "rerun with --precision fp32" in message
@@ -162,7 +153,7 @@ def test_a_damaged_checkpoint_names_the_file_and_the_way_out(asr_base, reference
     that file, rm -r of its checkpoint and --fresh_start True; doing the former, the
     rerun ends with the uninterrupted run's figures and adapter."""
     out = tmp_path / "run"
-    assert killed(lora(asr_base, out), "before_test:1") == -9
+    assert killed_at("before_test:1", *lora(asr_base, out)) == -9
     newest = max(
         (out / "save").glob("CKPT+*"),
         key=lambda p: float(yaml.safe_load((p / "CKPT.yaml").read_text())["unixtime"]),

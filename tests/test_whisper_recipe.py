@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 from hyperpyyaml import load_hyperpyyaml
-from recipe_runs import epoch_losses, run, run_failing, run_two_processes, written_once
+from recipe_runs import (
+    epoch_losses,
+    killed_at,
+    run,
+    run_failing,
+    run_two_processes,
+    written_once,
+)
 
 from recipes.whisper.random_init import save_random_whisper
 
@@ -195,12 +202,7 @@ def test_eva_init_sets_a_from_the_training_inputs_and_survives_a_kill(runs, tmp_
         gram = a @ a.t()
         torch.testing.assert_close(gram, gram[0, 0] * torch.eye(a.shape[0]), atol=1e-6, rtol=1e-4)
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SPEECH_ADAPTERS_FAULT": "train_batch:3"}
-    killed = subprocess.run(
-        [sys.executable, *args, f"--output_folder={tmp_path / 'killed'}"],
-        env=env, cwd=ROOT, capture_output=True, timeout=3600, check=False,
-    )  # fmt: skip
-    assert killed.returncode == -9
+    assert killed_at("train_batch:3", *args, f"--output_folder={tmp_path / 'killed'}") == -9
     run(*args, f"--output_folder={tmp_path / 'killed'}")
     resumed = json.loads((tmp_path / "killed" / "summary.json").read_text())
     for figures in (summary, resumed):
@@ -235,12 +237,7 @@ def test_lora_learns_a_set_it_can_overfit(runs, tmp_path):
 def test_kill_9_mid_training_then_rerun_ends_with_the_same_figures(runs, tmp_path):
     args = [str(TRAIN), "hparams/lora_whisper.yaml", *runs["common"], "--number_of_epochs=2"]
     run(*args, f"--output_folder={tmp_path / 'reference'}")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SPEECH_ADAPTERS_FAULT": "train_batch:3"}
-    killed = subprocess.run(
-        [sys.executable, *args, f"--output_folder={tmp_path / 'killed'}"],
-        env=env, cwd=ROOT, capture_output=True, timeout=3600, check=False,
-    )  # fmt: skip
-    assert killed.returncode == -9
+    assert killed_at("train_batch:3", *args, f"--output_folder={tmp_path / 'killed'}") == -9
     run(*args, f"--output_folder={tmp_path / 'killed'}")
     figures = [
         json.loads((tmp_path / n / "summary.json").read_text()) for n in ("reference", "killed")
