@@ -17,7 +17,8 @@ import copy
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from fnmatch import fnmatch
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ from torch import nn
 
 from adapters.bank import AdapterBank
 from adapters.base import Adapter, accepted_kwargs, is_mergeable
-from adapters.selection import as_patterns, select_layers
+from adapters.selection import as_patterns, check_patterns, select_layers
 from adapters.state import AdapterCheckpoints
 from adapters.targets import adapt_parameter, parameter_targets, remove_parameter_adapters
 
@@ -73,6 +74,12 @@ class AdaptedModel(AdapterCheckpoints, AdapterBank):
         fnmatch patterns of layers never adapted (nor anything inside them).
     adapter_kwargs : dict, optional
         Keyword arguments for ``adapter_class``, e.g. ``{"rank": 8}``.
+    adapter_kwargs_by_layer : dict, optional
+        ``{fnmatch pattern: {keyword: value}}``: overrides of ``adapter_kwargs`` for
+        the adapted layers a pattern matches, e.g. ``{"*.encoder.*": {"rank": 8}}`` to
+        give the encoder more rank than the rest (PEFT's ``rank_pattern`` and
+        ``alpha_pattern``, for any keyword). Where several patterns match a layer,
+        later entries win. Each pattern must match an adapted layer.
     manual_adapter_insertion : bool
         If True, call ``insert_adapters()`` yourself, e.g. after a
         ``Pretrainer`` has loaded the base weights.
@@ -87,6 +94,11 @@ class AdaptedModel(AdapterCheckpoints, AdapterBank):
     ['0']
     >>> model.num_trainable_parameters()
     50
+    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> wide = AdaptedModel(net, LoRA, all_linear=True, adapter_kwargs={"rank": 1},
+    ...                     adapter_kwargs_by_layer={"2": {"rank": 2}})
+    >>> {name: a.rank for name, a in wide.adapters().items()}
+    {'0': 1, '2': 2}
     >>> AdaptedModel(net, LoRA, target_layers=["1O"])
     Traceback (most recent call last):
         ...
@@ -104,18 +116,30 @@ class AdaptedModel(AdapterCheckpoints, AdapterBank):
         adapter_kwargs: dict[str, Any] | None = None,
         manual_adapter_insertion: bool = False,
         exclude_layers: str | Sequence[str] | None = None,
+        adapter_kwargs_by_layer: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         self.adapted_model = model_to_adapt
         self.adapter_class = adapter_class
         self.adapter_kwargs = dict(adapter_kwargs or {})
+        self.adapter_kwargs_by_layer = {
+            str(pattern): dict(overrides or {})
+            for pattern, overrides in (adapter_kwargs_by_layer or {}).items()
+        }
         accepted = accepted_kwargs(adapter_class)
-        unknown = sorted(set(self.adapter_kwargs) - set(accepted or self.adapter_kwargs))
-        if unknown:
-            raise TypeError(
-                f"adapter_kwargs {unknown} are not accepted by {_name(adapter_class)}; "
-                f"accepted: {accepted}."
-            )
+        for key, given in [
+            ("adapter_kwargs", self.adapter_kwargs),
+            *(
+                (f"adapter_kwargs_by_layer[{pattern!r}]", overrides)
+                for pattern, overrides in self.adapter_kwargs_by_layer.items()
+            ),
+        ]:
+            unknown = sorted(set(given) - set(accepted or given))
+            if unknown:
+                raise TypeError(
+                    f"{key} {unknown} are not accepted by {_name(adapter_class)}; "
+                    f"accepted: {accepted}."
+                )
         self._param_targets = parameter_targets(model_to_adapt)
         chosen = select_layers(
             model_to_adapt, self._param_targets, _name(adapter_class),
@@ -132,6 +156,12 @@ class AdaptedModel(AdapterCheckpoints, AdapterBank):
                 + (self.left_out or "none fits.")
                 + " Revise target_layers, unfrozen_layers or exclude_layers."
             )
+        check_patterns(
+            "adapter_kwargs_by_layer",
+            list(self.adapter_kwargs_by_layer),
+            self.adapted_layers,
+            "adapted layer",
+        )
         for param in model_to_adapt.parameters():
             param.requires_grad_(False)
         for name in self.unfrozen_layers:
@@ -167,13 +197,33 @@ class AdaptedModel(AdapterCheckpoints, AdapterBank):
         if self.left_out:
             logger.warning(self.left_out)
 
+    def layer_kwargs(self, name: str) -> dict[str, Any]:
+        """The keyword arguments the adapter of layer ``name`` is built with:
+        ``adapter_kwargs`` updated by every ``adapter_kwargs_by_layer`` pattern that
+        matches ``name``, in order.
+
+        Example
+        -------
+        >>> from adapters import LoRA
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+        >>> model = AdaptedModel(net, LoRA, all_linear=True, adapter_kwargs={"rank": 1},
+        ...     adapter_kwargs_by_layer={"*": {"alpha": 4}, "1": {"rank": 2, "alpha": 8}})
+        >>> model.layer_kwargs("0"), model.layer_kwargs("1")
+        ({'rank': 1, 'alpha': 4}, {'rank': 2, 'alpha': 8})
+        """
+        kwargs = dict(self.adapter_kwargs)
+        for pattern, overrides in self.adapter_kwargs_by_layer.items():
+            if fnmatch(name, pattern):
+                kwargs.update(overrides)
+        return kwargs
+
     def _builder(self, name: str, label: str) -> Callable[[nn.Module], nn.Module]:
         """``adapter_class`` applied to the layer ``name``, with errors that name it."""
 
         def build(layer: nn.Module) -> nn.Module:
             cls = _name(self.adapter_class)
             try:
-                adapter = self.adapter_class(layer, **self.adapter_kwargs)
+                adapter = self.adapter_class(layer, **self.layer_kwargs(name))
             except (TypeError, ValueError) as err:
                 raise type(err)(
                     f"Cannot adapt {name} ({label}) with {cls}: {err} To leave "

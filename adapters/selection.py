@@ -33,13 +33,16 @@ def matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch(name, p) for p in patterns)
 
 
-def check_patterns(key: str, patterns: Sequence[str], names: Sequence[str]) -> None:
-    """Raise ``ValueError`` for the first pattern that matches no name, with the closest names."""
+def check_patterns(
+    key: str, patterns: Sequence[str], names: Sequence[str], which: str = "layer of the model"
+) -> None:
+    """Raise ``ValueError`` for the first pattern that matches no name, with the closest
+    names; ``which`` says what the names are."""
     for pattern in patterns:
         if not any(fnmatch(n, pattern) for n in names):
             closest = difflib.get_close_matches(pattern, names, n=5, cutoff=0.0)
             raise ValueError(
-                f"{key} pattern {pattern!r} matches no layer of the model. Closest layer names: "
+                f"{key} pattern {pattern!r} matches no {which}. Closest names: "
                 f"{closest}. Patterns use fnmatch wildcards on the names printed by "
                 "`model.named_modules()`, and on raw weights such as '<rnn>.weight_ih_l0'."
             )

@@ -23,6 +23,7 @@ import math
 import os
 import warnings
 from collections.abc import Mapping
+from fnmatch import fnmatch
 from typing import Any
 
 import torch
@@ -151,6 +152,13 @@ def settings_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> l
     mine, theirs = saved.get("settings", {}), current.get("settings", {})
     for key in sorted(set(mine) & set(theirs) - TRAINING_ONLY):
         differ(key, mine[key], theirs[key])
+    mine, theirs = saved.get("layer_settings", {}), current.get("layer_settings", {})
+    for layer in sorted(set(mine) | set(theirs)):
+        ours, other = mine.get(layer, {}), theirs.get(layer, {})
+        for key in sorted((set(ours) | set(other)) - TRAINING_ONLY):
+            default_a, default_b = saved.get("settings", {}), current.get("settings", {})
+            differ(f"{key} of {layer}", ours.get(key, default_a.get(key)),
+                   other.get(key, default_b.get(key)))  # fmt: skip
     mine, theirs = saved.get("scaling", {}), current.get("scaling", {})
     for layer in sorted(set(mine) & set(theirs)):
         differ(f"scaling of {layer}", mine[layer], theirs[layer])
@@ -160,6 +168,18 @@ def settings_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> l
             new = sorted(set(current[key]) - set(saved[key]))
             problems.append(f"{key}: only in the file {gone[:3]}, only in this model {new[:3]}")
     return problems
+
+
+def by_layer_note(meta: Mapping[str, Any]) -> str:
+    """`` with adapter_kwargs_by_layer {...}`` when the file has per-layer settings, else ``""``.
+
+    Example
+    -------
+    >>> by_layer_note({"adapter_kwargs_by_layer": {"enc*": {"rank": 8}}}), by_layer_note({})
+    (" with adapter_kwargs_by_layer {'enc*': {'rank': 8}}", '')
+    """
+    by_layer = meta.get("adapter_kwargs_by_layer")
+    return f" with adapter_kwargs_by_layer {by_layer}" if by_layer else ""
 
 
 def read_adapter_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -221,7 +241,9 @@ def load_adapter_file(
             + "; ".join(problems[:5])
             + ". Build the AdaptedModel with the settings the file records (read them with "
             "adapters.read_adapter_metadata), e.g. adapter_kwargs "
-            f"{meta.get('adapter_kwargs')}; applying it otherwise gives wrong outputs."
+            f"{meta.get('adapter_kwargs')}"
+            + by_layer_note(meta)
+            + "; applying it otherwise gives wrong outputs."
         )
     with safe_open(os.fspath(path), framework="pt") as handle:
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is no dict)
@@ -243,7 +265,9 @@ def load_adapter_file(
         raise ValueError(
             f"{path} does not fit this adapted model: missing {missing[:5]}, unexpected "
             f"{unexpected[:5]}, wrong shape {wrong[:5]}. Build the AdaptedModel with the "
-            f"settings it was saved with: {meta.get('adapter_class')} {meta.get('adapter_kwargs')}."
+            f"settings it was saved with: {meta.get('adapter_class')} {meta.get('adapter_kwargs')}"
+            + by_layer_note(meta)
+            + "."
         )
     return tensors
 
@@ -316,7 +340,9 @@ class AdapterCheckpoints(nn.Module):
         """How this model's adapters are applied, as an adapter file records it.
 
         ``settings``: the adapter class's constructor arguments as the first adapter
-        holds them (defaults resolved, e.g. ``alpha`` equal to ``rank``);
+        holds them (defaults resolved, e.g. ``alpha`` equal to ``rank``), the first
+        that no ``adapter_kwargs_by_layer`` pattern matches; ``layer_settings``: the
+        settings of each layer where they differ from those;
         ``scaling``: each layer's scale (``alpha / rank``, or ``alpha / sqrt(rank)``
         with rsLoRA), where the adapter has one.
 
@@ -330,18 +356,23 @@ class AdapterCheckpoints(nn.Module):
         (2.0, {'0': 1.0})
         """
         adapters = self.adapters() if self.inserted else {}
-        first = adapters[min(adapters)] if adapters else None
-        names = accepted_kwargs(self.adapter_class) or list(self.adapter_kwargs)
-        settings = {}
-        for name in names:
-            value = getattr(first, name, self.adapter_kwargs.get(name))
-            if value is None or isinstance(value, (bool, int, float, str)):
-                settings[name] = value
+        patterns = getattr(self, "adapter_kwargs_by_layer", {})
+        plain = [n for n in adapters if not any(fnmatch(n, p) for p in patterns)]
+        first = min(plain or adapters) if adapters else None
+        settings = self._applied_settings(adapters.get(first), self.adapter_kwargs)
+        layer_settings = {}
+        for name, adapter in adapters.items():
+            own = self._applied_settings(adapter, self.layer_kwargs(name))
+            differs = {k: v for k, v in own.items() if settings.get(k) != v}
+            if differs:
+                layer_settings[name] = differs
         return {
             "adapter_class": getattr(self.adapter_class, "__qualname__", str(self.adapter_class)),
             "adapter_module": getattr(self.adapter_class, "__module__", ""),
             "adapter_kwargs": self.adapter_kwargs,
+            "adapter_kwargs_by_layer": patterns,
             "settings": settings,
+            "layer_settings": layer_settings,
             "scaling": {
                 name: float(a.scaling)
                 for name, a in adapters.items()
@@ -350,6 +381,15 @@ class AdapterCheckpoints(nn.Module):
             "adapted_layers": self.adapted_layers,
             "unfrozen_layers": self.unfrozen_layers,
         }
+
+    def _applied_settings(self, adapter: nn.Module | None, kwargs: Mapping[str, Any]) -> dict:
+        """The constructor arguments as ``adapter`` holds them (``kwargs`` where it does not)."""
+        settings = {}
+        for name in accepted_kwargs(self.adapter_class) or list(kwargs):
+            value = getattr(adapter, name, kwargs.get(name))
+            if value is None or isinstance(value, (bool, int, float, str)):
+                settings[name] = value
+        return settings
 
     def save_adapter(self, path: str) -> None:
         """Write the adapter-only state to ``path`` (safetensors + JSON metadata)."""

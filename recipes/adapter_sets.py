@@ -82,6 +82,7 @@ def adapter_spec(adapter_file: str | os.PathLike) -> type:
             "adapted_layers": meta["adapted_layers"],
             "unfrozen_layers": meta["unfrozen_layers"],
             "adapter_kwargs": meta["adapter_kwargs"],
+            "adapter_kwargs_by_layer": meta.get("adapter_kwargs_by_layer", {}),
         },
     )
 

@@ -837,3 +837,58 @@ def test_eva_covers_pooled_inputs_skips_convolutions_and_refuses_unreached_layer
     plain = LoRA(nn.Linear(12, 4), rank=2)
     assert not InputMoments(plain).layers
     assert list(InputMoments(plain, every_lora=True).layers) == [""]
+
+
+# ------------------------------------------------------------- settings per layer group
+BY_LAYER = {"*": {"alpha": 4}, "7": {"rank": 3, "alpha": 6}}  # layers 0, 3, 5, 7
+
+
+def _by_layer_lora(**by_layer) -> AdaptedModel:
+    return AdaptedModel(
+        make_net(), LoRA, all_linear=True, all_conv=True, adapter_kwargs={"rank": 2},
+        adapter_kwargs_by_layer=by_layer or BY_LAYER,
+    )  # fmt: skip
+
+
+def test_adapter_kwargs_by_layer_builds_each_layer_with_its_own_settings():
+    model = _by_layer_lora()
+    built = {name: (a.rank, a.alpha) for name, a in model.adapters().items()}
+    assert built == {"0": (2, 4.0), "3": (2, 4.0), "5": (2, 4.0), "7": (3, 6.0)}  # later wins
+    plain = AdaptedModel(
+        make_net(), LoRA, all_linear=True, all_conv=True, adapter_kwargs={"rank": 2}
+    )
+    assert model.num_trainable_parameters() - plain.num_trainable_parameters() == 16 + 3
+    meta = model.adapter_metadata()
+    assert meta["settings"]["rank"] == 2 and meta["adapter_kwargs_by_layer"] == BY_LAYER
+    assert meta["layer_settings"] == {"7": {"rank": 3, "alpha": 6.0}}
+    assert meta["scaling"]["7"] == 2.0 and meta["scaling"]["0"] == 2.0
+
+
+def test_adapter_kwargs_by_layer_refuses_what_would_be_ignored():
+    with pytest.raises(ValueError, match=r"adapter_kwargs_by_layer pattern '9' matches no adapt"):
+        _by_layer_lora(**{"9": {"rank": 1}})
+    with pytest.raises(TypeError, match=r"adapter_kwargs_by_layer\['7'\] \['rnak'\] are not"):
+        _by_layer_lora(**{"7": {"rnak": 1}})
+    with pytest.raises(ValueError, match="Cannot adapt 7 .*rank must be an integer in"):
+        _by_layer_lora(**{"7": {"rank": 99}})
+
+
+def test_an_adapter_file_with_settings_by_layer_loads_only_where_built_alike(tmp_path):
+    model = _by_layer_lora().eval()
+    perturb(model)
+    x = torch.randn(2, 4, 10)
+    expected = model(x)
+    path = tmp_path / "grouped.safetensors"
+    model.save_adapter(str(path))
+
+    fresh = _by_layer_lora().eval()
+    fresh.load_adapter(str(path))
+    assert torch.equal(fresh(x), expected)
+    same_shapes = _by_layer_lora(**{"7": {"rank": 3}})  # alpha 2 everywhere: other scales
+    with pytest.raises(ValueError, match=r"alpha of 7: the file has 6.0, this model 3.0"):
+        same_shapes.load_adapter(str(path))
+    plain = AdaptedModel(
+        make_net(), LoRA, all_linear=True, all_conv=True, adapter_kwargs={"rank": 2, "alpha": 4}
+    )
+    with pytest.raises(ValueError, match=r"rank of 7: .*adapter_kwargs_by_layer \{'\*'"):
+        plain.load_adapter(str(path))

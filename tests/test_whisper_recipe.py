@@ -37,6 +37,9 @@ TINY = [
     "--eval_window_s=2.0",
     "--lr=0.01",
 ]
+#: The fixture's LoRA run gives its encoder twice the rank of the rest: every use of that
+#: run (reload, inference folder, transcribe, export) rebuilds it from what it saved.
+BY_LAYER = {"*.encoder.*": {"rank": 8}}  # not the decoder's encoder_attn
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +59,7 @@ def runs(tmp_path_factory):
         "hparams/lora_whisper.yaml",
         *common,
         "--rank=4",
+        f"--adapter_kwargs_by_layer={json.dumps(BY_LAYER)}",
         f"--output_folder={tmp / 'lora'}",
     )
     run(str(TRAIN), "hparams/full_whisper.yaml", *common, f"--output_folder={tmp / 'full'}")
@@ -77,6 +81,11 @@ def test_lora_run_writes_summary_and_adapter_only_checkpoint(runs):
     assert keys and all(".lora_" in k for k in keys)
     assert any("self_attn.q_proj" in k for k in keys) and any(".fc2." in k for k in keys)
     assert any("encoder_attn.k_proj" in k for k in keys)  # cross-attention of the decoder
+    with safe_open(str(out / "adapter.safetensors"), "pt") as handle:
+        ranks = {k: handle.get_slice(k).get_shape()[0] for k in keys if k.endswith("lora_A")}
+    encoder = {k: r for k, r in ranks.items() if ".encoder." in k}
+    assert encoder and set(encoder.values()) == {8}  # adapter_kwargs_by_layer
+    assert set(ranks.values()) - set(encoder.values()) == {4} and len(ranks) > len(encoder)
     assert (
         summary["adapter_file_bytes"]
         < 0.2 * (Path(runs["source"]) / "model.safetensors").stat().st_size
@@ -105,6 +114,7 @@ def test_saved_adapter_reloads_and_reproduces_the_trained_outputs(runs):
         "whisper_source": runs["source"],
         "hub_cache": str(tmp / "hub"),
         "rank": 4,
+        "adapter_kwargs_by_layer": BY_LAYER,
         "train_window_s": 2.0,
         "eval_window_s": 2.0,
         "output_folder": str(tmp / "reload"),
@@ -382,7 +392,9 @@ def test_export_command_writes_each_format_of_a_whisper_run(runs, tmp_path):
         p.name for p in hf.iterdir()
     }
     peft = export(lora, "peft", tmp_path / "peft")
-    assert json.loads((peft / "adapter_config.json").read_text())["r"] == 4
+    config = json.loads((peft / "adapter_config.json").read_text())
+    assert config["r"] == 4 and set(config["rank_pattern"].values()) == {8}
+    assert all("encoder" in pattern for pattern in config["rank_pattern"])
     ct2 = export(lora, "ctranslate2", tmp_path / "ct2", quantization="int8")
     assert {"model.bin", "tokenizer.json", "preprocessor_config.json"} <= {
         p.name for p in ct2.iterdir()
