@@ -104,6 +104,8 @@ class DoRA(LoRA):
     torch.Size([8])
     """
 
+    principal_init = False  # init="pissa" is refused: see LoRA
+
     def __init__(self, target_module: nn.Module, **lora_kwargs: Any) -> None:
         super().__init__(target_module, **lora_kwargs)
         self.magnitude = nn.Parameter(_unit_norm(target_module.weight.detach()).clone())

@@ -23,7 +23,7 @@ from torch import nn
 
 from adapters.base import CONV_TYPES, LINEAR_TYPES, Adapter
 
-_INITS = ("kaiming", "gaussian", "eva")
+_INITS = ("kaiming", "gaussian", "eva", "pissa")
 _CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 #: Dtypes ``saved_input_dtype`` accepts, by their YAML names.
 SAVED_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -194,8 +194,49 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def merged_weight(
+    weight: torch.Tensor,
+    lora_b: torch.Tensor,
+    lora_a: torch.Tensor,
+    scaling: float,
+    start: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``W + s B A``, or ``W + s (B A - B0 A0)`` with ``start = (B0, A0)`` (PiSSA).
+
+    The difference is formed as ``(B - B0) A + B0 (A - A0)``: at ``B = B0, A = A0``
+    both terms are exact zeros, and the result is ``W`` bit for bit.
+
+    Example
+    -------
+    >>> w, b, a = torch.randn(5, 4), torch.randn(5, 2), torch.randn(2, 4)
+    >>> torch.equal(merged_weight(w, b, a, 0.5, start=(b.clone(), a.clone())), w)
+    True
+    >>> torch.allclose(merged_weight(w, b, a, 0.5), w + 0.5 * b @ a)
+    True
+    """
+    if start is None:
+        return torch.addmm(weight, lora_b, lora_a, alpha=scaling)
+    return torch.add(weight, start_difference(lora_b, lora_a, start), alpha=scaling)
+
+
+def start_difference(
+    lora_b: torch.Tensor, lora_a: torch.Tensor, start: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """``B A - B0 A0`` as ``(B - B0) A + B0 (A - A0)``: exactly zero at the start.
+
+    Example
+    -------
+    >>> b, a = torch.randn(5, 2), torch.randn(2, 4)
+    >>> start_difference(b, a, (b.clone(), a.clone())).abs().max()
+    tensor(0.)
+    """
+    lora_b0, lora_a0 = start
+    return torch.addmm((lora_b - lora_b0) @ lora_a, lora_b0, lora_a - lora_a0)
+
+
 class _FusedLoRALinear(torch.autograd.Function):
-    """``x (W + s B A P)^T + b`` in one matmul, with rank-r gradients.
+    """``x (W + s B A P)^T + b`` in one matmul, with rank-r gradients (``W + s (B A -
+    B0 A0)`` with PiSSA's starting point ``start = (B0, A0)``).
 
     ``P`` maps the layer input to ``A``'s (identity for LoRA, pooling for PoolLoRA):
     ``down`` applies it to activations, ``expand`` turns ``A`` into ``A P``. The
@@ -212,17 +253,20 @@ class _FusedLoRALinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, down, expand, saved_dtype=None):
+    def forward(
+        ctx, x, weight, bias, lora_a, lora_b, scaling, down, expand, saved_dtype=None, start=None
+    ):
         dtype = compute_dtype(x)
         ctx.needs = tuple(ctx.needs_input_grad[3:5])
         with torch.autocast(x.device.type, enabled=False):
-            merged = torch.addmm(weight, lora_b, expand(lora_a), alpha=scaling).to(dtype)
+            merged = merged_weight(weight, lora_b, expand(lora_a), scaling, start).to(dtype)
             xc = cast_shared(x, dtype)
             kept = keep_for_lowrank(down(xc), lora_a, ctx.needs, dtype, saved_dtype)
             ctx.save_for_backward(kept, weight, lora_a, lora_b)
             out = linear_into_fresh(xc, merged, None if bias is None else bias.to(dtype))
         ctx.scaling, ctx.expand, ctx.dtype, ctx.x_dtype = scaling, expand, dtype, x.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.start = start  # buffers, constant
         return out
 
     @staticmethod
@@ -233,14 +277,14 @@ class _FusedLoRALinear(torch.autograd.Function):
             g = grad.reshape(-1, grad.shape[-1]).to(dtype)
             grad_x = grad_bias = None
             if ctx.needs_input_grad[0]:
-                merged = torch.addmm(weight, lora_b, ctx.expand(lora_a), alpha=s).to(dtype)
+                merged = merged_weight(weight, lora_b, ctx.expand(lora_a), s, ctx.start).to(dtype)
                 grad_x = (g @ merged).view(*grad.shape[:-1], weight.shape[1]).to(ctx.x_dtype)
             if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
                 grad_bias = g.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
             grad_a, grad_b = grads_from_kept(g, kept, lora_a, lora_b, s, ctx.needs)
         return (
             grad_x, None, grad_bias, like_param(grad_a, lora_a), like_param(grad_b, lora_b),
-            None, None, None, None,
+            None, None, None, None, None,
         )  # fmt: skip
 
 
@@ -305,7 +349,13 @@ class LoRA(Adapter):
         ``A``'s initialisation: ``"kaiming"`` (uniform), ``"gaussian"`` (std ``1 / rank``)
         or ``"eva"``: the principal directions of the layer's inputs on target data, set
         by :class:`adapters.data_init.InputMoments` before training (kaiming until then;
-        the recipes do it when they see this value).
+        the recipes do it when they see this value); or ``"pissa"`` (Meng et al. 2024,
+        https://arxiv.org/abs/2404.02948): ``B`` and ``A`` start at the top-``rank``
+        singular triplets of the frozen weight, ``s B0 A0 = U_r S_r V_r^T``, and the
+        layer computes ``W + s (B A - B0 A0)``: training moves the principal part
+        itself while ``W`` stays the pretrained weight, bit for bit (merge, export and
+        the base fingerprint see it unchanged). ``B0``, ``A0`` are buffers, saved with
+        the adapter. Linear weights only (and raw weights held as rows of a matrix).
     freeze_a : bool
         LoRA-FA (Zhang et al. 2023, https://arxiv.org/abs/2308.03303): ``A`` stays at its
         random initialisation (not trained, still saved with the adapter), so backward
@@ -331,9 +381,15 @@ class LoRA(Adapter):
     True
     >>> LoRA(base, rank=4, freeze_a=True).lora_A.requires_grad  # LoRA-FA
     False
+    >>> pissa = LoRA(base, rank=4, init="pissa")
+    >>> torch.equal(pissa(x), base(x)), pissa.lora_B.abs().sum() > 0  # identity, B0 != 0
+    (True, tensor(True))
     """
 
     mergeable = True
+    #: Whether ``init="pissa"`` applies: ``A`` sees the layer input unchanged and the
+    #: update is added to ``W`` (not so for PoolLoRA's pooled input or DoRA's rescaling).
+    principal_init = True
 
     def __init__(
         self,
@@ -386,11 +442,43 @@ class LoRA(Adapter):
             torch.zeros(weight.shape[0], rank, *(1,) * len(kernel), **factory)
         )
         self.init = init
-        if init == "gaussian":
+        if init == "pissa":
+            self._start_at_principal_part(target_module)
+        elif init == "gaussian":
             nn.init.normal_(self.lora_A, std=1.0 / rank)
         else:  # "eva" starts here too, until InputMoments sets A from data
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.lora_A.requires_grad_(not self.freeze_a)
+
+    @torch.no_grad()
+    def _start_at_principal_part(self, target_module: nn.Module) -> None:
+        """PiSSA: ``B = B0 = U_r sqrt(S_r / s)``, ``A = A0 = sqrt(S_r / s) V_r^T`` from
+        the SVD of the weight (in float64), ``B0`` and ``A0`` kept as buffers."""
+        name = type(self).__name__
+        if not type(self).principal_init or not isinstance(target_module, LINEAR_TYPES):
+            what = name if not type(self).principal_init else type(target_module).__name__
+            raise ValueError(
+                f"init='pissa' starts LoRA at a Linear weight's singular vectors; it does not "
+                f"apply to {what}. Use init='kaiming' here, or leave this layer out."
+            )
+        weight = target_module.weight
+        u, singular, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
+        root = (singular[: self.rank] / self.scaling).sqrt()
+        lora_b0 = (u[:, : self.rank] * root).to(weight.dtype)
+        lora_a0 = (root[:, None] * vh[: self.rank]).to(weight.dtype)
+        self.lora_A.copy_(lora_a0)
+        self.lora_B.copy_(lora_b0)
+        self.register_buffer("lora_A0", lora_a0)
+        self.register_buffer("lora_B0", lora_b0)
+
+    def _start(
+        self, params: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(B0, A0)`` with PiSSA (from ``params`` when given), else ``None``."""
+        if self.init != "pissa":
+            return None
+        source = self._buffers if params is None else params
+        return source["lora_B0"], source["lora_A0"]
 
     # Hooks for variants that map the input before A: its size, the map, A composed with it.
     def _down_features(self, in_features: int) -> int:
@@ -414,6 +502,9 @@ class LoRA(Adapter):
         """
         lora_a = self.lora_A if params is None else params["lora_A"]
         lora_b = self.lora_B if params is None else params["lora_B"]
+        start = self._start(params)
+        if start is not None:  # PiSSA (Linear): s (B A - B0 A0)
+            return self.scaling * start_difference(lora_b, lora_a, start)
         b = lora_b.flatten(1).unflatten(0, (self.groups, -1))
         a = self._expand_A(lora_a).unflatten(0, (self.groups, -1))
         return self.scaling * torch.einsum("gor,gri...->goi...", b, a).flatten(0, 1)
@@ -430,7 +521,13 @@ class LoRA(Adapter):
         lora_a = self.lora_A if params is None else params["lora_A"]
         lora_b = self.lora_B if params is None else params["lora_B"]
         h = self._down_input(self.dropout(x))
-        if isinstance(self.base_layer, LINEAR_TYPES):
+        start = self._start(params)
+        if start is not None:  # PiSSA: (B - B0) A h + B0 (A - A0) h, exactly 0 at the start
+            lora_b0, lora_a0 = start
+            update = F.linear(F.linear(h, lora_a), lora_b - lora_b0) + F.linear(
+                F.linear(h, lora_a - lora_a0), lora_b0
+            )
+        elif isinstance(self.base_layer, LINEAR_TYPES):
             update = F.linear(F.linear(h, lora_a), lora_b)
         else:  # A shares the base geometry; B is pointwise, grouped like the base
             conv = _CONVS[lora_b.dim() - 2]
@@ -486,7 +583,7 @@ class LoRA(Adapter):
             return layer(x) + self.lowrank_branch(x)
         return _FusedLoRALinear.apply(
             x, layer.weight, layer.bias, self.lora_A, self.lora_B, self.scaling,
-            self._down_input, self._expand_A, self._saved_dtype(),
+            self._down_input, self._expand_A, self._saved_dtype(), self._start(),
         )  # fmt: skip
 
     def _saved_dtype(self) -> torch.dtype | None:
@@ -506,5 +603,6 @@ class LoRA(Adapter):
         text = f"rank={self.rank}, alpha={self.alpha:g}, scaling={self.scaling:g}"
         text += f", groups={self.groups}" if self.groups > 1 else ""
         text += ", freeze_a=True" if self.freeze_a else ""
+        text += ", init=pissa" if self.init == "pissa" else ""
         text += f", saved_input_dtype={self.saved_input_dtype}" if self.saved_input_dtype else ""
         return f"{text}, merged=True" if self.merged else text

@@ -89,6 +89,11 @@ def _refusal(name: str, adapter: nn.Module, adapted_model: nn.Module) -> str | N
         return "PEFT has no bottleneck adapter of this form (a residual MLP after the layer)"
     if type(adapter) is not LoRA:
         return f"only adapters.LoRA is exported, not {type(adapter).__name__}"
+    if adapter.init == "pissa":
+        return (
+            "PiSSA's update is s (B A - B0 A0), from its starting point B0 A0, which PEFT's "
+            "LoRA tensors do not hold; export the merged model (--to transformers) instead"
+        )
     if type(adapter.base_layer) is not nn.Linear:
         return f"only LoRA on nn.Linear is exported, not on {type(adapter.base_layer).__name__}"
     return None

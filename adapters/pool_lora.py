@@ -71,6 +71,8 @@ class PoolLoRA(LoRA):
     True
     """
 
+    principal_init = False  # init="pissa" is refused: see LoRA
+
     def __init__(self, target_module: nn.Module, stride: int = 2, **lora_kwargs: Any) -> None:
         if not isinstance(stride, int) or stride < 1:
             raise ValueError(f"PoolLoRA stride must be a positive integer, got {stride!r}.")

@@ -892,3 +892,94 @@ def test_an_adapter_file_with_settings_by_layer_loads_only_where_built_alike(tmp
     )
     with pytest.raises(ValueError, match=r"rank of 7: .*adapter_kwargs_by_layer \{'\*'"):
         plain.load_adapter(str(path))
+
+
+# ------------------------------------------------------------------ PiSSA initialisation
+def test_pissa_starts_at_the_principal_part_and_computes_the_base_exactly():
+    torch.manual_seed(0)
+    base = nn.Linear(24, 16)
+    lora = LoRA(base, rank=3, alpha=6, init="pissa")
+    u, singular, vh = torch.linalg.svd(base.weight.detach().double(), full_matrices=False)
+    principal = (u[:, :3] * singular[:3]) @ vh[:3]
+    start = lora.scaling * lora.lora_B0.double() @ lora.lora_A0.double()
+    torch.testing.assert_close(start, principal, atol=1e-5, rtol=1e-5)
+    assert torch.equal(lora.lora_A, lora.lora_A0) and torch.equal(lora.lora_B, lora.lora_B0)
+    x = torch.randn(2, 30, 24)
+    lora.train()
+    assert torch.equal(lora(x), base(x))  # fused training path
+    with torch.no_grad():
+        assert torch.equal(lora(x), base(x))  # the branch (inference)
+    assert torch.equal(lora.delta_weight(), torch.zeros_like(base.weight))
+
+
+def test_pissa_trains_the_principal_part_with_the_gradients_of_its_formula():
+    torch.manual_seed(0)
+    base = nn.Linear(24, 16)
+    lora = LoRA(base, rank=3, init="pissa")
+    with torch.no_grad():
+        lora.lora_A.add_(0.1 * torch.randn_like(lora.lora_A))
+        lora.lora_B.add_(0.1 * torch.randn_like(lora.lora_B))
+    x = torch.randn(2, 30, 24, requires_grad=True)
+    fused = lora(x)  # training path: one matmul by the merged weight
+    fused.square().sum().backward()
+    grads = [t.grad.clone() for t in (x, lora.lora_A, lora.lora_B)]
+    for t in (x, lora.lora_A, lora.lora_B):
+        t.grad = None
+    a, b, a0, b0 = lora.lora_A, lora.lora_B, lora.lora_A0, lora.lora_B0
+    weight = base.weight + lora.scaling * (b @ a - b0 @ a0)  # the formula, through autograd
+    reference = torch.nn.functional.linear(x, weight, base.bias)
+    torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-5)
+    reference.square().sum().backward()
+    for got, want in zip(grads, (x.grad, a.grad, b.grad), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert not base.weight.requires_grad and base.weight.grad is None
+
+
+def test_pissa_merges_exports_and_reloads_with_the_base_untouched(tmp_path):
+    net = nn.Sequential(nn.Linear(10, 12), nn.ReLU(), nn.Linear(12, 4))
+    original = {k: v.clone() for k, v in net.state_dict().items()}
+    model = AdaptedModel(net, LoRA, all_linear=True, adapter_kwargs={"rank": 2, "init": "pissa"})
+    assert all(torch.equal(original[k], v) for k, v in model.base_state().items())
+    perturb(model)
+    model.eval()
+    x = torch.randn(5, 10)
+    expected = model(x)
+    path = tmp_path / "pissa.safetensors"
+    model.save_adapter(str(path))
+    assert {"0.lora_A0", "0.lora_B0"} <= set(read_adapter_metadata(path)["tensors"])
+
+    fresh = AdaptedModel(
+        nn.Sequential(nn.Linear(10, 12), nn.ReLU(), nn.Linear(12, 4)), LoRA, all_linear=True,
+        adapter_kwargs={"rank": 2, "init": "pissa"},
+    )  # fmt: skip
+    fresh.adapted_model.load_state_dict(original, strict=False)  # the same base
+    fresh.load_adapter(str(path))
+    assert torch.equal(fresh.eval()(x), expected)
+    model.merge()
+    torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+    model.unmerge()
+    assert all(torch.equal(original[k], v) for k, v in model.base_state().items())
+    plain = AdaptedModel(net_copy := nn.Sequential(nn.Linear(10, 12), nn.ReLU(), nn.Linear(12, 4)),
+                         LoRA, all_linear=True, adapter_kwargs={"rank": 2})  # fmt: skip
+    net_copy.load_state_dict(original, strict=False)
+    with pytest.raises(ValueError, match=r"unexpected \['0.lora_A0'"):
+        plain.load_adapter(str(path))
+
+
+def test_pissa_is_refused_where_its_update_would_not_be_the_principal_part(tmp_path):
+    from adapters import DoRA, PoolLoRA
+    from adapters.peft_format import PeftFormatError, save_peft
+
+    for make in (
+        lambda: LoRA(nn.Conv1d(4, 6, kernel_size=3), rank=2, init="pissa"),
+        lambda: PoolLoRA(nn.Linear(8, 8), rank=2, init="pissa"),
+        lambda: DoRA(nn.Linear(8, 8), rank=2, init="pissa"),
+    ):
+        with pytest.raises(ValueError, match="init='pissa' starts LoRA at a Linear"):
+            make()
+    model = AdaptedModel(
+        nn.Sequential(nn.Linear(8, 8)), LoRA, all_linear=True,
+        adapter_kwargs={"rank": 2, "init": "pissa"},
+    )  # fmt: skip
+    with pytest.raises(PeftFormatError, match="PiSSA"):
+        save_peft(model, tmp_path / "peft")

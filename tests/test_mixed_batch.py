@@ -10,6 +10,7 @@ from adapters import AdaptedModel, DoRA, Houlsby, LoRA, PoolLoRA
 
 KINDS = [
     (LoRA, {"rank": 2}),
+    (LoRA, {"rank": 2, "init": "pissa"}),  # its start (B0, A0) travels with each set
     (PoolLoRA, {"rank": 2, "stride": 2}),
     (DoRA, {"rank": 2}),
     (Houlsby, {}),
@@ -33,9 +34,11 @@ class Net(nn.Module):
 
 def _build(cls, kwargs) -> AdaptedModel:
     torch.manual_seed(0)
+    pissa = kwargs.get("init") == "pissa"  # Linear layers only: the convolution keeps kaiming
     return AdaptedModel(
         Net(), cls, all_linear=True, all_conv=True, exclude_layers=["head"],
         unfrozen_layers=["head"], adapter_kwargs=kwargs,
+        adapter_kwargs_by_layer={"conv": {"init": "kaiming"}} if pissa else None,
     )  # fmt: skip
 
 
@@ -51,7 +54,9 @@ def _train_a_little(model: AdaptedModel, seed: int) -> None:
     model.eval()
 
 
-@pytest.mark.parametrize("cls, kwargs", KINDS, ids=[c.__name__ for c, _ in KINDS])
+@pytest.mark.parametrize(
+    "cls, kwargs", KINDS, ids=[c.__name__ + ("-pissa" if k.get("init") else "") for c, k in KINDS]
+)
 def test_mixed_batch_equals_each_sample_alone_with_its_adapter(cls, kwargs, tmp_path):
     trainer = _build(cls, kwargs)
     for seed, name in ((1, "noisy"), (2, "voices")):

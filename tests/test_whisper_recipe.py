@@ -223,6 +223,35 @@ def test_eva_init_sets_a_from_the_training_inputs_and_survives_a_kill(runs, tmp_
     ).read_bytes()
 
 
+def test_pissa_run_keeps_the_base_and_exports_what_it_computes(runs, tmp_path):
+    """--lora_init=pissa: the adapter file holds B0, A0 beside B, A and the same base
+    fingerprint as a plain LoRA run's (W itself never changes); the merged export
+    computes what the inference folder computes."""
+    from safetensors import safe_open
+    from speechbrain.inference.ASR import WhisperASR
+
+    from adapters import read_adapter_metadata
+    from recipes.audio import load_audio
+    from recipes.export import export
+
+    out = tmp_path / "pissa"
+    run(str(TRAIN), "hparams/lora_whisper.yaml", *runs["common"], "--lora_init=pissa",
+        f"--output_folder={out}")  # fmt: skip
+    with safe_open(str(out / "adapter.safetensors"), "pt") as handle:
+        keys = set(handle.keys())
+    starts = {k for k in keys if k.endswith(("lora_A0", "lora_B0"))}
+    assert starts and len(starts) == len(keys) / 2
+    plain = read_adapter_metadata(runs["tmp"] / "lora" / "adapter.safetensors")
+    assert read_adapter_metadata(out / "adapter.safetensors")["base"] == plain["base"]
+    wav = load_audio(_test_wavs(runs, 1)[0], 16000)[None]
+    encoded = []
+    for folder in (out / "inference", export(out, "speechbrain", tmp_path / "merged")):
+        with torch.no_grad():
+            asr = WhisperASR.from_hparams(source=str(folder))
+            encoded.append(asr.encode_batch(wav, torch.ones(1)))
+    torch.testing.assert_close(encoded[0], encoded[1], atol=1e-4, rtol=1e-4)
+
+
 def test_lora_learns_a_set_it_can_overfit(runs, tmp_path):
     """Trained and tested on the same 8 utterances: the loss falls and the WER too."""
     corpus = runs["tmp"] / "corpus"
