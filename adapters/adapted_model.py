@@ -439,6 +439,8 @@ class AdaptedModel(AdapterCheckpoints, AdapterBank):
             f"{len(self.unfrozen_layers)} unfrozen layers; trainable parameters {trainable:,} of "
             f"{total:,} ({100.0 * trainable / max(total, 1):.2f}%)"
         )
+        if self.adapter_kwargs_by_layer:
+            text += f"; by layer: {self.adapter_kwargs_by_layer}"
         lines = [text]
         for kind, names in (("adapted", self.adapted_layers), ("unfrozen", self.unfrozen_layers)):
             folded = Counter(re.sub(r"(?<![^.])\d+(?![^.])", "*", name) for name in names)
