@@ -83,8 +83,13 @@ class InputMoments:
             found = {n: m for n, m in model.named_modules() if isinstance(m, LoRA)}
         else:
             found = data_initialised_layers(model)
-        self.layers = {n: m for n, m in found.items() if isinstance(m.base_layer, LINEAR_TYPES)}
-        #: Convolution adapters asked to start from data: they keep their random ``A``.
+        self.layers = {
+            n: m
+            for n, m in found.items()
+            if isinstance(m.base_layer, LINEAR_TYPES) and m.init != "pissa"
+        }
+        #: Convolution adapters asked to start from data keep their random ``A``; PiSSA
+        #: layers (``every_lora``) keep their start, which ``A`` must equal.
         self.skipped = sorted(set(found) - set(self.layers))
         self.moments: dict[str, torch.Tensor] = {}
         self.tokens: dict[str, int] = {}

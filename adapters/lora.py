@@ -455,13 +455,23 @@ class LoRA(Adapter):
         """PiSSA: ``B = B0 = U_r sqrt(S_r / s)``, ``A = A0 = sqrt(S_r / s) V_r^T`` from
         the SVD of the weight (in float64), ``B0`` and ``A0`` kept as buffers."""
         name = type(self).__name__
+        weight = target_module.weight
         if not type(self).principal_init or not isinstance(target_module, LINEAR_TYPES):
             what = name if not type(self).principal_init else type(target_module).__name__
+        elif weight.dim() != 2:
+            what = f"a weight of shape {tuple(weight.shape)}"
+        else:
+            what = None
+        if what is not None:
             raise ValueError(
                 f"init='pissa' starts LoRA at a Linear weight's singular vectors; it does not "
                 f"apply to {what}. Use init='kaiming' here, or leave this layer out."
             )
-        weight = target_module.weight
+        if self.scaling <= 0:
+            raise ValueError(
+                f"init='pissa' splits the weight's principal part by the scale alpha / rank, "
+                f"which must be positive (alpha {self.alpha:g}); give a positive alpha."
+            )
         u, singular, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
         root = (singular[: self.rank] / self.scaling).sqrt()
         lora_b0 = (u[:, : self.rank] * root).to(weight.dtype)

@@ -140,25 +140,25 @@ def settings_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> l
     problems = []
 
     def differ(name: str, a: Any, b: Any) -> None:
-        same = (
-            math.isclose(a, b, rel_tol=1e-6)
-            if isinstance(a, float) or isinstance(b, float)
-            else a == b
-        )
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+        floats = isinstance(a, float) or isinstance(b, float)
+        same = math.isclose(a, b, rel_tol=1e-6) if numbers and floats else a == b
         if not same:
             problems.append(f"{name}: the file has {a}, this model {b}")
 
     differ("adapter kind", saved.get("adapter_class"), current.get("adapter_class"))
     mine, theirs = saved.get("settings", {}), current.get("settings", {})
-    for key in sorted(set(mine) & set(theirs) - TRAINING_ONLY):
-        differ(key, mine[key], theirs[key])
-    mine, theirs = saved.get("layer_settings", {}), current.get("layer_settings", {})
-    for layer in sorted(set(mine) | set(theirs)):
-        ours, other = mine.get(layer, {}), theirs.get(layer, {})
-        for key in sorted((set(ours) | set(other)) - TRAINING_ONLY):
-            default_a, default_b = saved.get("settings", {}), current.get("settings", {})
-            differ(f"{key} of {layer}", ours.get(key, default_a.get(key)),
-                   other.get(key, default_b.get(key)))  # fmt: skip
+    by_layer = saved.get("layer_settings"), current.get("layer_settings")
+    if not any(by_layer):
+        for key in sorted(set(mine) & set(theirs) - TRAINING_ONLY):
+            differ(key, mine[key], theirs[key])
+    else:  # settings by layer group: each layer's own, however the groups were written
+        layers = set(saved.get("adapted_layers", [])) & set(current.get("adapted_layers", []))
+        for layer in sorted(layers):
+            ours = {**mine, **(by_layer[0] or {}).get(layer, {})}
+            other = {**theirs, **(by_layer[1] or {}).get(layer, {})}
+            for key in sorted(set(ours) & set(other) - TRAINING_ONLY):
+                differ(f"{key} of {layer}", ours[key], other[key])
     mine, theirs = saved.get("scaling", {}), current.get("scaling", {})
     for layer in sorted(set(mine) & set(theirs)):
         differ(f"scaling of {layer}", mine[layer], theirs[layer])

@@ -892,6 +892,23 @@ def test_an_adapter_file_with_settings_by_layer_loads_only_where_built_alike(tmp
     )
     with pytest.raises(ValueError, match=r"rank of 7: .*adapter_kwargs_by_layer \{'\*'"):
         plain.load_adapter(str(path))
+    # the same layers written the other way round: every layer's settings agree, so it loads
+    written_otherwise = AdaptedModel(
+        make_net(), LoRA, all_linear=True, all_conv=True, adapter_kwargs={"rank": 3, "alpha": 6},
+        adapter_kwargs_by_layer={"[035]": {"rank": 2, "alpha": 4}},
+    ).eval()  # fmt: skip
+    written_otherwise.load_adapter(str(path))
+    assert torch.equal(written_otherwise(x), expected)
+
+
+def test_settings_that_only_one_side_has_are_compared_without_crashing():
+    from adapters.state import settings_mismatch
+
+    file = {"settings": {"r": 2}, "layer_settings": {"x": {"p": 0.5}}, "adapted_layers": ["x"]}
+    model = {"settings": {"r": 2}, "layer_settings": {}, "adapted_layers": ["x"]}
+    assert settings_mismatch(file, model) == []  # p: a key the model's class does not record
+    model["settings"]["p"] = None
+    assert settings_mismatch(file, model) == ["p of x: the file has 0.5, this model None"]
 
 
 # ------------------------------------------------------------------ PiSSA initialisation
@@ -970,6 +987,8 @@ def test_pissa_is_refused_where_its_update_would_not_be_the_principal_part(tmp_p
     from adapters import DoRA, PoolLoRA
     from adapters.peft_format import PeftFormatError, save_peft
 
+    with pytest.raises(ValueError, match="alpha / rank, which must be positive"):
+        LoRA(nn.Linear(8, 8), rank=2, alpha=0, init="pissa")
     for make in (
         lambda: LoRA(nn.Conv1d(4, 6, kernel_size=3), rank=2, init="pissa"),
         lambda: PoolLoRA(nn.Linear(8, 8), rank=2, init="pissa"),
