@@ -127,24 +127,31 @@ def gather(folder: Path) -> list[dict]:
 
 
 def chosen_rates(rows: list[dict], metric: str = "WER") -> dict[str, dict]:
-    """Per method and rank, the learning rate with the best validation figure (lowest).
+    """Per method and rank, the learning rate with the best validation figure (lowest),
+    averaged over the seeds run at that rate: one lucky seed does not choose a rate.
 
     Example
     -------
     >>> rows = [{"method": "lora", "rank": 4, "lr": lr, "valid": {"WER": w}}
     ...         for lr, w in ((0.001, 30.0), (0.004, 25.0), (0.008, 27.0))]
     >>> chosen_rates(rows)
-    {'lora_r4': {'lr': 0.004, 'valid': 25.0, 'tried': [0.001, 0.004, 0.008]}}
+    {'lora_r4': {'lr': 0.004, 'valid': 25.0, 'seeds': 1, 'tried': [0.001, 0.004, 0.008]}}
+    >>> seeds = [{"method": "full", "rank": None, "lr": lr, "valid": {"WER": w}}
+    ...          for lr, w in ((1e-4, 40.0), (1e-4, 42.0), (2e-4, 30.0), (2e-4, 54.0))]
+    >>> chosen_rates(seeds)["full"]  # 41.0 against 42.0 on average, despite the 30.0
+    {'lr': 0.0001, 'valid': 41.0, 'seeds': 2, 'tried': [0.0001, 0.0002]}
     """
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, dict[float, list[float]]] = {}
     for row in rows:
         if row.get("lr") is not None and metric in row.get("valid", {}):
-            groups.setdefault(run_name(row["method"], row["rank"]), []).append(row)
+            by_rate = groups.setdefault(run_name(row["method"], row["rank"]), {})
+            by_rate.setdefault(row["lr"], []).append(row["valid"][metric])
     chosen = {}
-    for name, group in groups.items():
-        best = min(group, key=lambda r: (r["valid"][metric], r["lr"]))
-        chosen[name] = {"lr": best["lr"], "valid": best["valid"][metric],
-                        "tried": sorted({r["lr"] for r in group})}  # fmt: skip
+    for name, by_rate in groups.items():
+        means = {lr: sum(values) / len(values) for lr, values in by_rate.items()}
+        lr = min(means, key=lambda rate: (means[rate], rate))
+        chosen[name] = {"lr": lr, "valid": means[lr], "seeds": len(by_rate[lr]),
+                        "tried": sorted(by_rate)}  # fmt: skip
     return chosen
 
 
@@ -416,7 +423,9 @@ def main() -> None:
     table = markdown(rows)
     if data["chosen"]:
         table += "\n\nChosen on the validation set (lowest WER): " + ", ".join(
-            f"{name} lr {c['lr']:g} (valid WER {c['valid']:.1f}; tried {', '.join(f'{x:g}' for x in c['tried'])})"
+            f"{name} lr {c['lr']:g} (valid WER {c['valid']:.1f}"
+            + (f", mean of {c['seeds']} seeds" if c["seeds"] > 1 else "")
+            + f"; tried {', '.join(f'{x:g}' for x in c['tried'])})"
             for name, c in data["chosen"].items()
         )
     if data["gaps"]:

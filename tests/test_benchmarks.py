@@ -131,7 +131,7 @@ def test_quality_sweep_runs_each_configuration_and_plots(tmp_path):
     valid = {lr: rows[f"lora_r2_lr{lr:g}"]["valid"]["WER"] for lr in (0.001, 0.002)}
     best = min(valid, key=lambda lr: (valid[lr], lr))
     assert data["chosen"] == {
-        "lora_r2": {"lr": best, "valid": valid[best], "tried": [0.001, 0.002]}
+        "lora_r2": {"lr": best, "valid": valid[best], "seeds": 1, "tried": [0.001, 0.002]}
     }
     assert "Chosen on the validation set" in table[1]
     # each LoRA rate against the one full run, on each test set, paired over utterances
