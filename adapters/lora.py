@@ -454,14 +454,12 @@ class LoRA(Adapter):
     def _start_at_principal_part(self, target_module: nn.Module) -> None:
         """PiSSA: ``B = B0 = U_r sqrt(S_r / s)``, ``A = A0 = sqrt(S_r / s) V_r^T`` from
         the SVD of the weight (in float64), ``B0`` and ``A0`` kept as buffers."""
-        name = type(self).__name__
         weight = target_module.weight
-        if not type(self).principal_init or not isinstance(target_module, LINEAR_TYPES):
-            what = name if not type(self).principal_init else type(target_module).__name__
-        elif weight.dim() != 2:
-            what = f"a weight of shape {tuple(weight.shape)}"
-        else:
-            what = None
+        what = None
+        if not type(self).principal_init:
+            what = type(self).__name__
+        elif not isinstance(target_module, LINEAR_TYPES) or weight.dim() != 2:
+            what = f"a {type(target_module).__name__} weight of shape {tuple(weight.shape)}"
         if what is not None:
             raise ValueError(
                 f"init='pissa' starts LoRA at a Linear weight's singular vectors; it does not "

@@ -23,7 +23,6 @@ import math
 import os
 import warnings
 from collections.abc import Mapping
-from fnmatch import fnmatch
 from typing import Any
 
 import torch
@@ -340,9 +339,9 @@ class AdapterCheckpoints(nn.Module):
         """How this model's adapters are applied, as an adapter file records it.
 
         ``settings``: the adapter class's constructor arguments as the first adapter
-        holds them (defaults resolved, e.g. ``alpha`` equal to ``rank``), the first
-        that no ``adapter_kwargs_by_layer`` pattern matches; ``layer_settings``: the
-        settings of each layer where they differ from those;
+        holds them (defaults resolved, e.g. ``alpha`` equal to ``rank``);
+        ``layer_settings``: the settings of each layer where they differ from those
+        (``adapter_kwargs_by_layer``);
         ``scaling``: each layer's scale (``alpha / rank``, or ``alpha / sqrt(rank)``
         with rsLoRA), where the adapter has one.
 
@@ -356,9 +355,7 @@ class AdapterCheckpoints(nn.Module):
         (2.0, {'0': 1.0})
         """
         adapters = self.adapters() if self.inserted else {}
-        patterns = getattr(self, "adapter_kwargs_by_layer", {})
-        plain = [n for n in adapters if not any(fnmatch(n, p) for p in patterns)]
-        first = min(plain or adapters) if adapters else None
+        first = min(adapters) if adapters else None
         settings = self._applied_settings(adapters.get(first), self.adapter_kwargs)
         layer_settings = {}
         for name, adapter in adapters.items():
@@ -370,7 +367,7 @@ class AdapterCheckpoints(nn.Module):
             "adapter_class": getattr(self.adapter_class, "__qualname__", str(self.adapter_class)),
             "adapter_module": getattr(self.adapter_class, "__module__", ""),
             "adapter_kwargs": self.adapter_kwargs,
-            "adapter_kwargs_by_layer": patterns,
+            "adapter_kwargs_by_layer": self.adapter_kwargs_by_layer,
             "settings": settings,
             "layer_settings": layer_settings,
             "scaling": {

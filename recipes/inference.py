@@ -82,7 +82,7 @@ def adapter_block(adapted: torch.nn.Module, model_key: str) -> str:
         f"    target_layers: {_flow(list(adapted.adapted_layers))}\n"
         f"    unfrozen_layers: {_flow(list(adapted.unfrozen_layers))}\n"
         f"    adapter_kwargs: {_flow(adapted.adapter_kwargs)}\n"
-        f"    adapter_kwargs_by_layer: {_flow(getattr(adapted, 'adapter_kwargs_by_layer', {}))}\n"
+        f"    adapter_kwargs_by_layer: {_flow(adapted.adapter_kwargs_by_layer)}\n"
     )
 
 
